@@ -1,0 +1,52 @@
+//! The command line: one file per subcommand, each a clap `Args` plus `run(args) -> Result<ExitCode>`
+//! that calls one library function. No logic lives here beyond turning arguments into the
+//! library's typed options and results into text.
+//!
+//! Exit codes (one table for every subcommand):
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | the command ran and found something wrong (a regression, failed jobs) |
+//! | 2 | usage or input error: bad arguments, unreadable or invalid files |
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for usage and input errors.
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "ranksweep", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {}
+
+/// Parses the command line, runs the subcommand and maps errors to the documented exit codes.
+pub fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let result: anyhow::Result<ExitCode> = match cli.command {};
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("ranksweep: {}", error_chain(&err));
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// `error: context: cause: cause`, the way ripgrep prints a chain.
+pub fn error_chain(err: &anyhow::Error) -> String {
+    err.chain().map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RANKSWEEP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

@@ -1,0 +1,1 @@
+//! Segmentation metrics (Dice, HD95, volumes, strata), volume agreement and statistics.

@@ -1,0 +1,13 @@
+//! Training ops with correct, fast gradients, and device selection.
+//!
+//! candle 0.11's own `max_pool2d`, `upsample_*`, fused norms and BCE have wrong or missing
+//! gradients, and its conv backward is slow on CPU (see the project notes). Everything the Unet
+//! trains through is defined here, each op with a finite-difference test.
+
+pub mod device;
+pub mod ops;
+
+pub use ops::{
+    bce_dice_loss, bce_with_logits, conv_transpose2x2, conv2d, group_norm, max_pool2x2, relu,
+    soft_dice_loss,
+};

@@ -1,0 +1,3 @@
+//! Cross-module tests, one binary (each tests/*.rs file would be another slow link with candle).
+
+mod util;
