@@ -376,7 +376,7 @@ mod fd_tests {
                 let base = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
                 let h = 1e-6;
                 for idx in 0..base.len() {
-                    let mut eval = |delta: f64| -> Result<f64> {
+                    let eval = |delta: f64| -> Result<f64> {
                         let mut v = base.clone();
                         v[idx] += delta;
                         var.set(&Tensor::from_vec(v, var.dims(), &dev)?)?;

@@ -86,7 +86,7 @@ impl UnetConfig {
     /// Checks that an input of `h`×`w` pools cleanly.
     pub fn check_input(&self, h: usize, w: usize) -> Result<(), ConfigError> {
         let m = self.multiple();
-        if h == 0 || w == 0 || h % m != 0 || w % m != 0 {
+        if h == 0 || w == 0 || !h.is_multiple_of(m) || !w.is_multiple_of(m) {
             return Err(ConfigError::NotPoolable {
                 h,
                 w,
@@ -100,7 +100,7 @@ impl UnetConfig {
     /// GroupNorm groups for `c` channels: min(8, c), reduced until it divides `c`.
     pub fn groups(c: usize) -> usize {
         let mut g = c.min(8);
-        while c % g != 0 {
+        while !c.is_multiple_of(g) {
             g -= 1;
         }
         g
