@@ -13,6 +13,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod inspect;
+
 /// Exit code for usage and input errors.
 pub const EXIT_USAGE: u8 = 2;
 
@@ -24,13 +26,18 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Show what a NIfTI file or a dataset folder holds.
+    Inspect(inspect::InspectArgs),
+}
 
 /// Parses the command line, runs the subcommand and maps errors to the documented exit codes.
 pub fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
-    let result: anyhow::Result<ExitCode> = match cli.command {};
+    let result: anyhow::Result<ExitCode> = match cli.command {
+        Command::Inspect(args) => inspect::run(args),
+    };
     match result {
         Ok(code) => code,
         Err(err) => {

@@ -17,6 +17,7 @@
 //! and what was expected.
 
 pub mod folds;
+pub mod inspect;
 pub mod layout;
 pub mod nifti;
 pub mod preprocess;

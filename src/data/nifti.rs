@@ -397,7 +397,7 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<HeaderInfo, VolumeErrorKind
         );
         1.0
     });
-    let p = |i: usize| header.pixdim[i] as f64 * to_mm;
+    let p = |i: usize| decimal_f64(header.pixdim[i]) * to_mm;
     let spacing = [p(3), p(2), p(1)];
     Ok(HeaderInfo {
         header,
@@ -406,6 +406,12 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<HeaderInfo, VolumeErrorKind
         datatype,
         raw: bytes[..HEADER_BYTES].to_vec(),
     })
+}
+
+/// The f64 of the shortest decimal that reads back as `v` (0.45f32 → 0.45, not
+/// 0.44999998807907104): what the writer of the header meant, and what users expect to see.
+fn decimal_f64(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(v as f64)
 }
 
 /// Millimetres per unit of `pixdim`, or `None` when the header names no spatial unit.
@@ -677,7 +683,7 @@ mod tests {
             write_i16(&vol, &p).unwrap();
             let back = read_volume(&p).unwrap();
             assert_eq!(back.shape(), [3, 4, 5]);
-            assert_eq!(back.spacing, [5.0, 0.45f32 as f64, 0.4f32 as f64]);
+            assert_eq!(back.spacing, [5.0, 0.45, 0.4]);
             assert!(back.data.is_standard_layout());
             assert_eq!(back.data, vol.data.mapv(|v| v as f32), "{name}");
             // [z, y, x] indexing: voxel (z=2, y=1, x=3).
@@ -828,7 +834,7 @@ mod tests {
         write_i16(&vol, &p).unwrap();
         let h = read_header(&p).unwrap();
         assert_eq!(h.shape, [4, 3, 2]);
-        assert_eq!(h.spacing, [5.0, 0.45f32 as f64, 0.4f32 as f64]);
+        assert_eq!(h.spacing, [5.0, 0.45, 0.4]);
         assert_eq!(h.datatype, NiftiType::Int16);
         assert_eq!(h.raw.len(), HEADER_BYTES);
         // A truncated uncompressed file is caught from its size alone.
@@ -1039,6 +1045,24 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("x.nii.gz")]);
+    }
+
+    #[test]
+    fn big_endian_files_read_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut vol = ramp_i16([2, 3, 4]);
+        let h = NiftiHeader {
+            endianness: ::nifti::Endianness::Big,
+            ..header_for([2, 3, 4], vol.spacing)
+        };
+        vol.header = Some(Box::new(h));
+        let p = dir.path().join("be.nii");
+        write_i16(&vol, &p).unwrap();
+        let bytes = fs::read(&p).unwrap();
+        assert_eq!(bytes[..4], 348i32.to_be_bytes(), "written big-endian");
+        let back = read_volume(&p).unwrap();
+        assert_eq!(back.data, vol.data.mapv(f32::from));
+        assert_eq!(back.spacing, [5.0, 0.45, 0.4]);
     }
 
     #[test]
