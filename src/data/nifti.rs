@@ -250,7 +250,7 @@ pub fn read_decoded_bytes(path: impl AsRef<Path>) -> Result<Vec<u8>, VolumeError
 
 fn read_f32(path: &Path) -> Result<Volume<f32>, VolumeError> {
     let err = |kind| VolumeError::new(path, kind);
-    let bytes = read_decoded_bytes(path)?;
+    let mut bytes = read_decoded_bytes(path)?;
     let info = parse_header(path, &bytes).map_err(err)?;
     let offset = info.header.vox_offset as usize;
     let expected = info.voxels() * info.datatype.size_of();
@@ -271,8 +271,10 @@ fn read_f32(path: &Path) -> Result<Volume<f32>, VolumeError> {
     h3.scl_slope = 0.0;
     h3.scl_inter = 0.0;
     let header_err = |e: ::nifti::NiftiError| err(VolumeErrorKind::Header(e.to_string()));
-    let raw = InMemNiftiVolume::from_reader(&bytes[offset..offset + expected], &h3)
-        .map_err(header_err)?;
+    // Keep only the voxel bytes, in place (no second buffer of the volume's size).
+    bytes.truncate(offset + expected);
+    bytes.drain(..offset);
+    let raw = InMemNiftiVolume::from_raw_data(&h3, bytes).map_err(header_err)?;
     let xyz = raw.into_ndarray::<f32>().map_err(header_err)?;
     let xyz = xyz
         .into_dimensionality::<Ix3>()
