@@ -767,12 +767,14 @@ mod tests {
         let vol = ramp_i16([2, 2, 3]);
         let base = nii_bytes(dir.path(), &vol);
         let raw = vol.data.mapv(|v| v as f32);
-        let cases: [(f32, f32, Box<dyn Fn(f32) -> f32>); 5] = [
-            (0.5, -1024.0, Box::new(|v| v * 0.5 - 1024.0)),
-            (2.0, 3.0, Box::new(|v| v * 2.0 + 3.0)),
-            (0.0, -1024.0, Box::new(|v| v)),
-            (f32::NAN, f32::NAN, Box::new(|v| v)),
-            (f32::INFINITY, 0.0, Box::new(|v| v)),
+        // (slope, intercept, expected value of raw voxel v).
+        type Case = (f32, f32, fn(f32) -> f32);
+        let cases: [Case; 5] = [
+            (0.5, -1024.0, |v| v * 0.5 - 1024.0),
+            (2.0, 3.0, |v| v * 2.0 + 3.0),
+            (0.0, -1024.0, |v| v),
+            (f32::NAN, f32::NAN, |v| v),
+            (f32::INFINITY, 0.0, |v| v),
         ];
         for (i, (slope, inter, expect)) in cases.iter().enumerate() {
             let mut b = base.clone();
