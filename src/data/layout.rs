@@ -360,9 +360,9 @@ pub fn index_dataset(root: impl AsRef<Path>) -> Result<Dataset, LayoutError> {
     let mut hasher = Sha256::new();
     hasher.update(layout.name().as_bytes());
     if json_path.is_file() {
-        let bytes = fs::read(&json_path).map_err(|source| LayoutError::ReadDir {
+        let bytes = fs::read(&json_path).map_err(|e| LayoutError::DatasetJson {
             path: json_path.clone(),
-            source,
+            message: format!("cannot read: {e}"),
         })?;
         hash_field(&mut hasher, &bytes);
     }
