@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 pub mod adapt_args;
 pub mod bench;
 pub mod eval;
+pub mod inspect;
 pub mod model;
 
 /// Exit code for usage and input errors.
@@ -36,6 +37,8 @@ pub enum Command {
     Bench(bench::BenchCmd),
     /// Score predicted masks against annotations: Dice, HD95, volumes, strata, agreement.
     Eval(eval::EvalArgs),
+    /// Show what a NIfTI file or a dataset folder holds.
+    Inspect(inspect::InspectArgs),
 }
 
 /// Parses the command line, runs the subcommand and maps errors to the documented exit codes.
@@ -46,6 +49,7 @@ pub fn main() -> ExitCode {
         Command::Model(cmd) => model::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Eval(args) => eval::run(args),
+        Command::Inspect(args) => inspect::run(args),
     };
     match result {
         Ok(code) => code,
