@@ -15,9 +15,11 @@ use clap::{Parser, Subcommand};
 
 pub mod adapt_args;
 pub mod bench;
+pub mod compare;
 pub mod eval;
 pub mod inspect;
 pub mod model;
+pub mod report;
 
 /// Exit code for usage and input errors.
 pub const EXIT_USAGE: u8 = 2;
@@ -39,6 +41,10 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Show what a NIfTI file or a dataset folder holds.
     Inspect(inspect::InspectArgs),
+    /// Write a sweep's report (tables, charts, CSV, LaTeX) from a ReportInput JSON file.
+    Report(report::ReportArgs),
+    /// Compare two sweeps cell by cell; exit 1 on a regression.
+    Compare(compare::CompareArgs),
 }
 
 /// Parses the command line, runs the subcommand and maps errors to the documented exit codes.
@@ -50,6 +56,8 @@ pub fn main() -> ExitCode {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Eval(args) => eval::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Report(args) => report::run(args),
+        Command::Compare(args) => compare::run(args),
     };
     match result {
         Ok(code) => code,
