@@ -5,6 +5,7 @@
 //! into a temporary folder, median of 3 runs:
 //! - 50 cells × 3 folds × 67 test cases per fold (10,050 case results), the shape;
 //! - 3,334 cells × 3 folds × 10 cases (10,002 jobs, 100,020 case results), many cells.
+//!
 //! Target: under 3 s each.
 
 use std::time::Instant;
@@ -32,7 +33,7 @@ fn sweep(n_cells: usize, folds: u32, cases_per_fold: usize) -> ReportInput {
                 let module = modules[(j / 6) % 4];
                 let rank = ranks[(j / 24) % 6];
                 // Beyond the 144 kind × module × rank combinations, vary alpha.
-                let alpha = (j >= 144).then(|| (j / 144) as f64);
+                let alpha = (j >= 144).then_some((j / 144) as f64);
                 (kind, Some(module), Some(rank), alpha)
             }
         };

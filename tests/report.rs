@@ -517,3 +517,64 @@ fn compare_cli_flags_a_planted_regression_only() {
     );
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn an_empty_sweep_and_a_cell_whose_folds_all_failed_still_render() {
+    let dir = tempfile::tempdir().unwrap();
+    let formats = [Format::Markdown, Format::Html, Format::Csv, Format::Tex];
+    let empty = ReportInput {
+        sweep: "empty".into(),
+        cells: vec![],
+    };
+    let paths =
+        report::write_report_with(&empty, dir.path(), &formats, &Strata::default(), SMALL).unwrap();
+    assert_eq!(paths.charts.len(), 6);
+    for c in &paths.charts {
+        check_png(&c.png, (SMALL.width, SMALL.height));
+    }
+    assert!(report::terminal_table(&paths.table).contains("No cell has a defined Dice yet."));
+
+    let mut input = fixture("failed");
+    let mut dead = cell(
+        AdaptationKind::CpLora,
+        Some("decoder"),
+        Some(8),
+        4_768,
+        &[],
+        [0.0; 6],
+    );
+    dead.folds_done = 0;
+    dead.folds_failed = 3;
+    dead.loss_curves.clear();
+    input.cells.push(dead);
+    let paths = report::write_report_with(
+        &input,
+        dir.path().join("failed").as_path(),
+        &formats,
+        &Strata::default(),
+        SMALL,
+    )
+    .unwrap();
+    let row = paths
+        .table
+        .rows
+        .iter()
+        .find(|r| r.cell == "cp-lora decoder r8")
+        .unwrap();
+    assert_eq!(row.n_cases, 0);
+    assert!(row.dice.mean.is_nan() && !row.best_of_kind);
+    // No pairs: the test's p is NaN and does not count in Holm's m (still 5 tests).
+    assert!(row.vs_none.as_ref().unwrap().p_value.is_nan());
+    let dora = paths
+        .table
+        .rows
+        .iter()
+        .find(|r| r.cell == "dora-c decoder r16")
+        .unwrap();
+    assert!(close(dora.vs_none.as_ref().unwrap().p_holm, 0.15625));
+    let md = std::fs::read_to_string(paths.markdown.unwrap()).unwrap();
+    assert!(
+        md.contains("| cp-lora decoder r8 | 0 | – ± – |  | 0/3 partial, 3 failed |"),
+        "{md}"
+    );
+}

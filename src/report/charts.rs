@@ -195,6 +195,9 @@ impl Band {
     }
 }
 
+/// Points per series label with its colour, in legend order.
+type Groups = Vec<(String, RGBColor, Vec<(f64, f64)>)>;
+
 /// Lines of (x, mean, sd) per series label, in order.
 type Lines = Vec<(String, RGBColor, Vec<(f64, f64, f64)>)>;
 
@@ -602,7 +605,7 @@ fn volumes(input: &ReportInput, cell: &str) -> Vec<(f64, f64)> {
 
 /// Predicted vs annotated volume of each kind's best cell, with the identity line.
 pub struct VolumeScatter {
-    groups: Vec<(String, RGBColor, Vec<(f64, f64)>)>,
+    groups: Groups,
 }
 
 impl VolumeScatter {
@@ -784,7 +787,7 @@ impl Chart for BlandAltmanPlot {
 
 /// Training loss per kind: each kind's best cell with curves, mean over folds at each step.
 pub struct LossCurves {
-    lines: Vec<(String, RGBColor, Vec<(f64, f64)>)>,
+    lines: Groups,
 }
 
 impl LossCurves {

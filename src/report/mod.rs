@@ -43,9 +43,6 @@ pub enum Format {
 }
 
 impl Format {
-    /// The formats written when none are named: md, html, csv.
-    pub const DEFAULT: [Format; 3] = [Format::Markdown, Format::Html, Format::Csv];
-
     /// Parses `md,html,csv,tex` (any subset, any order).
     pub fn parse_list(s: &str) -> Result<Vec<Format>, ReportError> {
         let mut out = Vec::new();
