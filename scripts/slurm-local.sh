@@ -39,12 +39,14 @@ die() {
     exit 1
 }
 
-# True when the process named in pid file $1 is alive.
+# True when pid file $1 names a live process whose name is the file's stem (slurmd, …): a
+# stale pid file (daemons killed with the machine's session) may name a reused pid.
 pid_alive() {
-    local pid
+    local pid name
     [[ -s $1 ]] || return 1
     pid=$(<"$1")
-    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null
+    name=$(basename "$1" .pid)
+    [[ $pid =~ ^[0-9]+$ ]] && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$name" ]]
 }
 
 # True when the node answers and is usable (idle, mixed or allocated).
@@ -54,6 +56,22 @@ node_ready() {
     case $state in
         idle | mixed | allocated | completing) return 0 ;;
         *) return 1 ;;
+    esac
+}
+
+# A test cluster's node left drained or down (e.g. "Kill task failed" after a job whose
+# processes outlived it) is put back into service, saying why it was out.
+resume_if_drained() {
+    local host state reason
+    host=$(hostname -s)
+    state=$(timeout 10 sinfo -h -N -n "$host" -o '%T' 2>/dev/null | head -n 1) || return 0
+    case $state in
+        drain* | down* | fail*)
+            reason=$(timeout 10 sinfo -h -N -n "$host" -o '%E' 2>/dev/null | head -n 1) || true
+            log "node $host is $state ($reason): resuming it"
+            scontrol update nodename="$host" state=resume >/dev/null 2>&1 || true
+            sleep 1
+            ;;
     esac
 }
 
@@ -146,6 +164,9 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 MpiDefault=none
+# linuxproc finds a job's processes through /proc/PID/stat and (SLURM 22.05) misreads a process
+# whose name holds a space: such a process, and its children, escape scancel and the time limit,
+# and the node drains with "Kill task failed". Programs run as jobs need names without spaces.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SwitchType=switch/none
@@ -222,6 +243,7 @@ do_start() {
     chmod 0755 "$DIR"
 
     # Already up and usable: nothing to do (do not rewrite the config under running daemons).
+    pid_alive "$DIR/run/slurmctld.pid" && resume_if_drained
     if pid_alive "$DIR/run/slurmctld.pid" && pid_alive "$DIR/run/slurmd.pid" \
         && [[ -f $CONF ]] && grep -qxF "$MARKER" "$CONF" && node_ready; then
         log "already running ($(hostname -s) in partition debug)"
@@ -240,6 +262,7 @@ do_start() {
     local i
     for ((i = 0; i < WAIT_S * 2; i++)); do
         node_ready && break
+        ((i % 10 == 5)) && resume_if_drained
         pid_alive "$DIR/run/slurmctld.pid" || { sleep 1; pid_alive "$DIR/run/slurmctld.pid" || die "slurmctld exited"; }
         sleep 0.5
     done
