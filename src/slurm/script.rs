@@ -87,6 +87,8 @@ impl Default for IngestOptions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerCommand {
     /// Absolute path of the program (tasks run on other hosts, with another working directory).
+    /// Its file name should hold no space: SLURM's proctrack/linuxproc loses track of such a
+    /// process (see scripts/slurm-local.sh).
     pub program: PathBuf,
     pub args: Vec<String>,
 }

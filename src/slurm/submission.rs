@@ -491,11 +491,11 @@ mod tests {
         let opts = SbatchOptions::default();
         let worker = WorkerCommand::ranksweep("/usr/bin/ranksweep");
         let good = jobs(tmp.path(), 2);
-        let newline = vec![SubmitJob {
+        let newline = [SubmitJob {
             job_id: "a".into(),
             job_file: tmp.path().join("a\nb"),
         }];
-        let relative = vec![SubmitJob {
+        let relative = [SubmitJob {
             job_id: "a".into(),
             job_file: "jobs/a.json".into(),
         }];
