@@ -25,11 +25,15 @@ MARKER="# written by ranksweep scripts/slurm-local.sh"
 WAIT_S=${RANKSWEEP_SLURM_WAIT_S:-60}
 MUNGE_SOCKET=/run/munge/munge.socket.2
 MUNGE_KEY=/etc/munge/munge.key
+# munged runs as user munge, so its pid file lives in its own run folder.
+MUNGE_PID=/run/munge/munged.pid
+SHOW_LOGS=0 # set once the daemons have been started: their logs then explain a failure
 
 log() { printf 'slurm-local: %s\n' "$*" >&2; }
 
 die() {
     log "error: $*"
+    ((SHOW_LOGS)) || exit 1
     for f in "$DIR/log/munged.log" "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log"; do
         if [[ -s $f ]]; then
             printf -- '--- last lines of %s ---\n' "$f" >&2
@@ -105,7 +109,11 @@ stop_daemon() { # name pidfile
 do_stop() {
     stop_daemon slurmd "$DIR/run/slurmd.pid"
     stop_daemon slurmctld "$DIR/run/slurmctld.pid"
-    stop_daemon munged "$DIR/run/munged.pid"
+    # Only a munged this script started: a system one may serve other programs.
+    if [[ -e $DIR/run/munged.started ]]; then
+        stop_daemon munged "$MUNGE_PID"
+        rm -f "$DIR/run/munged.started"
+    fi
 }
 
 do_status() {
@@ -224,10 +232,12 @@ start_munge() {
     mkdir -p /run/munge /var/lib/munge /var/log/munge
     chown munge:munge /run/munge /var/lib/munge /var/log/munge
     chmod 0755 /run/munge
-    touch "$DIR/log/munged.log" "$DIR/run/munged.pid"
-    chown munge:munge "$DIR/log/munged.log" "$DIR/run/munged.pid"
-    runuser -u munge -- munged --log-file="$DIR/log/munged.log" --pid-file="$DIR/run/munged.pid" \
+    touch "$DIR/log/munged.log"
+    chown munge:munge "$DIR/log/munged.log"
+    SHOW_LOGS=1
+    runuser -u munge -- munged --log-file="$DIR/log/munged.log" --pid-file="$MUNGE_PID" \
         || die "munged did not start"
+    touch "$DIR/run/munged.started"
     local i
     for ((i = 0; i < 50; i++)); do
         munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1 && return 0
@@ -256,6 +266,7 @@ do_start() {
     stop_daemon slurmctld "$DIR/run/slurmctld.pid"
     write_config
     start_munge
+    SHOW_LOGS=1
     slurmctld || die "slurmctld did not start"
     slurmd || die "slurmd did not start"
 
