@@ -38,8 +38,8 @@ pub use script::{
     IngestOptions, SbatchOptions, WorkerCommand, render_array_script, render_ingest_script,
 };
 pub use state::{
-    SQUEUE_FORMAT, SlurmExit, Submitted, TaskState, TaskStatus, parse_sacct, parse_sbatch_parsable,
-    parse_scontrol_show_job, parse_squeue,
+    SACCT_FORMAT, SQUEUE_FORMAT, SlurmExit, Submitted, TaskState, TaskStatus, parse_sacct,
+    parse_sbatch_parsable, parse_scontrol_show_job, parse_squeue,
 };
 pub use submission::{
     ArrayChunk, Manifest, ManifestChunk, ManifestIngest, ManifestTask, Submission, SubmitJob,
