@@ -6,6 +6,9 @@
 //! - [`model`]: `Unet2d`, adapters, selectors, optimizer, checkpoints;
 //! - [`data`] and [`metrics`]: NIfTI datasets, preprocessing, folds, phantoms; Dice, HD95, stats;
 //! - `train`, `sweep`, `store`, [`report`]; `exec` and `cli` on top.
+//! - `train`, `sweep`, `store`, `report`; `exec` and `cli` on top;
+//! - [`slurm`]: SLURM job arrays (sbatch scripts, manifests, squeue/scontrol parsers), to move
+//!   under `exec`.
 
 pub mod cli;
 pub mod data;
@@ -13,4 +16,5 @@ pub mod metrics;
 pub mod model;
 pub mod nn;
 pub mod report;
+pub mod slurm;
 pub mod train;

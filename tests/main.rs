@@ -4,4 +4,5 @@ mod data;
 mod metrics;
 mod model;
 mod report;
+mod slurm;
 mod util;
