@@ -12,4 +12,5 @@ pub mod data;
 pub mod metrics;
 pub mod model;
 pub mod nn;
+pub mod sweep;
 pub mod train;
