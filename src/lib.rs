@@ -12,5 +12,6 @@ pub mod data;
 pub mod metrics;
 pub mod model;
 pub mod nn;
+pub mod store;
 pub mod sweep;
 pub mod train;
