@@ -15,6 +15,8 @@ use clap::{Parser, Subcommand};
 
 pub mod adapt_args;
 pub mod bench;
+pub mod eval;
+pub mod inspect;
 pub mod model;
 
 /// Exit code for usage and input errors.
@@ -33,6 +35,10 @@ pub enum Command {
     Model(model::ModelCmd),
     /// Benchmarks (figures, not tests).
     Bench(bench::BenchCmd),
+    /// Score predicted masks against annotations: Dice, HD95, volumes, strata, agreement.
+    Eval(eval::EvalArgs),
+    /// Show what a NIfTI file or a dataset folder holds.
+    Inspect(inspect::InspectArgs),
 }
 
 /// Parses the command line, runs the subcommand and maps errors to the documented exit codes.
@@ -42,6 +48,8 @@ pub fn main() -> ExitCode {
     let result: anyhow::Result<ExitCode> = match cli.command {
         Command::Model(cmd) => model::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Eval(args) => eval::run(args),
+        Command::Inspect(args) => inspect::run(args),
     };
     match result {
         Ok(code) => code,
