@@ -19,8 +19,9 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use crate::data::preprocess::View;
 use crate::model::AdaptationKind;
-use crate::sweep::{Cell, CellId, View};
+use crate::sweep::{Cell, CellId};
 
 /// Why the database cannot be used; each message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -755,12 +756,7 @@ impl Store {
                     .map_err(|_| self.corrupt("jobs.kind", &k))?,
             ),
         };
-        let view = match view.as_str() {
-            "axial" => View::Axial,
-            "coronal" => View::Coronal,
-            "sagittal" => View::Sagittal,
-            _ => return Err(self.corrupt("jobs.view", &view)),
-        };
+        let view: View = view.parse().map_err(|_| self.corrupt("jobs.view", &view))?;
         let status =
             JobStatus::parse(&status).ok_or_else(|| self.corrupt("jobs.status", &status))?;
         let err = self.sql("reading job dependencies");

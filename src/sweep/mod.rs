@@ -16,6 +16,6 @@ pub mod yaml;
 pub use cells::{Cell, CellCounts, CellId, ExpandError, counts, expand};
 pub use spec::{
     Block, DataSpec, ModelSpec, Partial, Resources, Select, Spec, SpecError, SpecFile,
-    TrainSettings, View, load, parse,
+    TrainSettings, load, parse,
 };
 pub use values::Alpha;

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::cells::{self, Cell, ExpandError};
 use super::values::{Alpha, DurationValue, NonNegF64, Positive, PositiveF64, SelectorValue};
 use super::yaml::{self, OneOrMany, Pos, YamlPath};
+use crate::data::preprocess::View;
 use crate::model::{
     AdamWConfig, AdaptationKind, AdaptationSpec, LrSchedule, Selector, Unet2d, UnetConfig,
 };
@@ -229,31 +230,6 @@ pub struct PartialFile {
 
 // ---------------------------------------------------------------------------------------------
 // The validated spec.
-
-/// A 2D slicing direction of the volumes; each view trains its own Unet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum View {
-    Axial,
-    Coronal,
-    Sagittal,
-}
-
-impl View {
-    pub fn name(self) -> &'static str {
-        match self {
-            View::Axial => "axial",
-            View::Coronal => "coronal",
-            View::Sagittal => "sagittal",
-        }
-    }
-}
-
-impl std::fmt::Display for View {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// Which checkpoint a training stage keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -1325,7 +1301,13 @@ resources: {timeout: 30m, retries: 1}
             "grid[0].finetune.steps",
             "got 0",
         );
-        bad("name: x\ndata: {source: a, target: b\ngrid: []\n", 3, 5, "", "did not find expected");
+        bad(
+            "name: x\ndata: {source: a, target: b\ngrid: []\n",
+            3,
+            5,
+            "",
+            "did not find expected",
+        );
         bad("name: x\n", 1, 1, "", "missing field `data`");
     }
 
