@@ -14,7 +14,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::spec::{Block, Partial, TrainSettings};
-use crate::model::{AdaptationKind, AdaptationSpec};
+use super::values::Alpha;
+use crate::model::{AdaptationKind, AdaptationSpec, Selector};
 
 /// Bumped when the meaning of a cell's JSON changes, so that old ids stop matching.
 const CELL_ID_VERSION: &str = "ranksweep-cell-v1";
@@ -55,33 +56,73 @@ pub struct Cell {
     pub finetune: TrainSettings,
 }
 
+/// Field order: the settings shared by a block first, so their hash state is computed once.
 #[derive(Serialize)]
 struct Canonical<'a> {
-    adaptation: &'a AdaptationSpec,
     finetune: &'a TrainSettings,
+    adaptation: &'a AdaptationSpec,
+}
+
+/// The SHA-256 state after the version line and the fine-tuning half of the canonical JSON,
+/// shared by every cell of a block (expansion hashes only each cell's adaptation).
+#[derive(Clone)]
+struct IdPrefix(Sha256);
+
+impl IdPrefix {
+    fn new(finetune: &TrainSettings) -> IdPrefix {
+        let mut h = Sha256::new();
+        h.update(CELL_ID_VERSION.as_bytes());
+        h.update(b"\n{\"finetune\":");
+        h.update(to_json(finetune).as_bytes());
+        h.update(b",\"adaptation\":");
+        IdPrefix(h)
+    }
+
+    /// The first 8 bytes of the digest.
+    fn digest(&self, adaptation: &AdaptationSpec) -> [u8; 8] {
+        let mut h = self.0.clone();
+        h.update(to_json(adaptation).as_bytes());
+        h.update(b"}");
+        let d = h.finalize();
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&d[..8]);
+        out
+    }
+}
+
+fn to_json<T: Serialize>(x: &T) -> String {
+    serde_json::to_string(x).expect("cells serialize: plain structs of numbers and strings")
+}
+
+fn hex(bytes: [u8; 8]) -> CellId {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(16);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    CellId(s)
 }
 
 impl Cell {
     pub fn new(block: usize, adaptation: AdaptationSpec, finetune: TrainSettings) -> Cell {
-        let json = canonical_json(&adaptation, &finetune);
-        let mut h = Sha256::new();
-        h.update(CELL_ID_VERSION.as_bytes());
-        h.update(b"\n");
-        h.update(json.as_bytes());
-        let digest = h.finalize();
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let id = hex(IdPrefix::new(&finetune).digest(&adaptation));
         Cell {
-            id: CellId(hex),
+            id,
             block,
             adaptation,
             finetune,
         }
     }
 
-    /// The JSON the id hashes: fixed field order, absent fields omitted, floats as serde_json
-    /// prints them (shortest round-trip form, so `1e-3` and `0.001` agree).
+    /// The JSON the id hashes (after a version line): fixed field order, absent fields omitted,
+    /// floats as serde_json prints them (shortest round-trip form, so `1e-3` and `0.001`
+    /// agree).
     pub fn canonical_json(&self) -> String {
-        canonical_json(&self.adaptation, &self.finetune)
+        to_json(&Canonical {
+            finetune: &self.finetune,
+            adaptation: &self.adaptation,
+        })
     }
 
     /// A short label: `conv-lora/decoder/r16`, plus `/a8` when alpha ≠ rank and `+norms`.
@@ -98,14 +139,6 @@ impl Cell {
         }
         s
     }
-}
-
-fn canonical_json(adaptation: &AdaptationSpec, finetune: &TrainSettings) -> String {
-    serde_json::to_string(&Canonical {
-        adaptation,
-        finetune,
-    })
-    .expect("cells serialize: plain structs of numbers and strings")
 }
 
 /// Why a grid cannot be expanded; the spec layer turns these into located errors.
@@ -128,19 +161,19 @@ pub enum ExpandError {
 /// Expands validated blocks into cells (see the module docs for the order).
 pub fn expand(grid: &[Block]) -> Result<Vec<Cell>, ExpandError> {
     let mut cells = Vec::new();
-    let mut seen: HashMap<CellId, usize> = HashMap::new();
+    // Keyed by the id's 8 bytes, so that no string is built to look one up.
+    let mut seen: HashMap<[u8; 8], usize> = HashMap::new();
     for (bi, b) in grid.iter().enumerate() {
         let start = cells.len();
+        let prefix = IdPrefix::new(&b.finetune);
         let mut used = vec![false; b.exclude.len()];
         for &kind in &b.kinds {
             let mut idx = vec![0usize; b.axes.len()];
             'combos: loop {
-                let mut p = Partial {
-                    kind: Some(kind),
-                    ..Partial::default()
-                };
+                // Later axes win; borrow, and clone the selector once per cell.
+                let mut p = PartialRef::default();
                 for (axis, &i) in b.axes.iter().zip(&idx) {
-                    p = p.merge(&axis[i]);
+                    p.lay(&axis[i]);
                 }
                 let adaptation = resolve(kind, p);
                 adaptation.validate().map_err(|e| ExpandError::Invalid {
@@ -155,15 +188,21 @@ pub fn expand(grid: &[Block]) -> Result<Vec<Cell>, ExpandError> {
                     }
                 }
                 if !excluded {
-                    let cell = Cell::new(bi, adaptation, b.finetune.clone());
-                    if let Some(&first_block) = seen.get(&cell.id) {
+                    let digest = prefix.digest(&adaptation);
+                    let cell = Cell {
+                        id: hex(digest),
+                        block: bi,
+                        adaptation,
+                        finetune: b.finetune.clone(),
+                    };
+                    if let Some(&first_block) = seen.get(&digest) {
                         return Err(ExpandError::Duplicate {
                             block: bi,
                             first_block,
                             label: cell.label(),
                         });
                     }
-                    seen.insert(cell.id.clone(), bi);
+                    seen.insert(digest, bi);
                     cells.push(cell);
                 }
                 // Odometer: the last axis turns fastest.
@@ -191,17 +230,36 @@ pub fn expand(grid: &[Block]) -> Result<Vec<Cell>, ExpandError> {
     Ok(cells)
 }
 
-/// A full adaptation from a merged partial: alpha defaults to the rank, train_norms to false.
-fn resolve(kind: AdaptationKind, p: Partial) -> AdaptationSpec {
+/// A combination of axis values, borrowed.
+#[derive(Default)]
+struct PartialRef<'a> {
+    module: Option<&'a Selector>,
+    rank: Option<usize>,
+    alpha: Option<Alpha>,
+    train_norms: Option<bool>,
+}
+
+impl<'a> PartialRef<'a> {
+    fn lay(&mut self, p: &'a Partial) {
+        if let Some(m) = &p.module {
+            self.module = Some(m);
+        }
+        self.rank = p.rank.or(self.rank);
+        self.alpha = p.alpha.or(self.alpha);
+        self.train_norms = p.train_norms.or(self.train_norms);
+    }
+}
+
+/// A full adaptation from a combination: alpha defaults to the rank, train_norms to false.
+fn resolve(kind: AdaptationKind, p: PartialRef<'_>) -> AdaptationSpec {
     let alpha = if kind.is_adapter() {
-        p.rank
-            .map(|r| p.alpha.unwrap_or(super::values::Alpha::Rank).resolve(r))
+        p.rank.map(|r| p.alpha.unwrap_or(Alpha::Rank).resolve(r))
     } else {
         p.alpha.map(|a| a.resolve(p.rank.unwrap_or(1)))
     };
     AdaptationSpec {
         kind,
-        module: p.module,
+        module: p.module.cloned(),
         rank: p.rank,
         alpha,
         train_norms: p.train_norms.unwrap_or(false),
@@ -337,14 +395,26 @@ grid:
         let c = &cells(SPEC)[3];
         let j = c.canonical_json();
         assert!(
-            j.starts_with(
-                r#"{"adaptation":{"kind":"lora-c","module":"decoder","rank":4,"alpha":4.0}"#
+            j.ends_with(
+                r#","adaptation":{"kind":"lora-c","module":"decoder","rank":4,"alpha":4.0}}"#
             ),
             "{j}"
         );
         assert!(
             j.contains(r#""steps":10"#) && j.contains(r#""lr":0.001"#),
             "{j}"
+        );
+        // The id is the hash of exactly this text, whether built by expansion or by hand.
+        let mut h = Sha256::new();
+        h.update(format!("{CELL_ID_VERSION}\n{j}").as_bytes());
+        let full: String = h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(c.id.as_str(), full);
+        assert_eq!(
+            Cell::new(c.block, c.adaptation.clone(), c.finetune.clone()).id,
+            c.id
         );
     }
 
