@@ -91,7 +91,7 @@ fn spec_cells_and_jobs_round_trip_through_the_store() {
     let s = spec("quickstart.yaml");
     let dir = tempfile::tempdir().unwrap();
     let mut st = Store::open(&dir.path().join("ranksweep.sqlite")).unwrap();
-    let sw = st.upsert_sweep(&s.name, &s.file, "(text)").unwrap();
+    let sw = st.upsert_sweep(&s.name, &s.file, &s.text).unwrap();
     st.upsert_cells(sw, &s.cells).unwrap();
     let jobs: Vec<NewJob> = s
         .cells

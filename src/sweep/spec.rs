@@ -353,6 +353,8 @@ pub struct Spec {
     pub name: String,
     /// The spec file, as given.
     pub file: PathBuf,
+    /// The text it was parsed from (stored with the sweep).
+    pub text: String,
     pub data: DataSpec,
     pub model: ModelSpec,
     pub pretrain: TrainSettings,
@@ -524,6 +526,7 @@ fn validate(raw: SpecFile, file: &Path, ctx: &Ctx) -> Result<Spec, SpecError> {
     Ok(Spec {
         name,
         file: file.to_path_buf(),
+        text: ctx.text.to_string(),
         data,
         model,
         pretrain,
@@ -932,6 +935,7 @@ resources: {timeout: 30m, retries: 1}
     fn a_good_spec_fills_defaults_and_resolves_paths() {
         let s = ok(GOOD);
         assert_eq!(s.name, "t");
+        assert_eq!(s.text, GOOD);
         assert_eq!(s.data.source, Path::new("sweeps/data/tbi"));
         assert_eq!(s.data.target_labels, Some(vec![1]));
         assert_eq!(s.data.source_labels, None);
