@@ -411,10 +411,21 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// An error at `path`, positioned at the node or, when the text lacks it (a value that
+    /// came from a default or from the global settings), at its nearest written ancestor.
     fn err(&self, path: &YamlPath, message: impl Into<String>) -> SpecError {
+        let mut p = path.clone();
+        let pos = loop {
+            if let Some(pos) = yaml::locate(self.text, &p) {
+                break Some(pos);
+            }
+            if p.0.pop().is_none() {
+                break None;
+            }
+        };
         SpecError::Invalid {
             file: self.file.clone(),
-            pos: yaml::locate(self.text, path),
+            pos,
             field: path.to_string(),
             message: message.into(),
         }
@@ -1297,6 +1308,15 @@ resources: {timeout: 30m, retries: 1}
             60,
             "pretrain.warmup_steps",
             "fewer warm-up steps",
+        );
+        // The global warm-up is too long for this block's steps: the block's override is shown.
+        bad(
+            &with_grid("  - kind: full\n    module: all\n    finetune: {steps: 2}\n")
+                .replace("steps: 50,", "steps: 50, warmup_steps: 5,"),
+            9,
+            15,
+            "grid[0].finetune.warmup_steps",
+            "fewer warm-up steps than `steps` (2), got 5",
         );
         bad(
             &with_grid("  - kind: full\n    module: all\n    finetune: {steps: 0}\n"),
