@@ -83,9 +83,9 @@ fn main() {
         ("~100k cells", spec(667, "rank, 0.25, 0.5, 1.5, 1000", 2, 1)),
     ];
     for (name, text) in &cases {
-        let s = sweep::parse(&text, Path::new("bench.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let s = sweep::parse(text, Path::new("bench.yaml")).unwrap_or_else(|e| panic!("{e}"));
         let parse = median_seconds(5, || {
-            std::hint::black_box(sweep::parse(&text, Path::new("bench.yaml")).unwrap());
+            std::hint::black_box(sweep::parse(text, Path::new("bench.yaml")).unwrap());
         });
         let exp = median_seconds(5, || {
             std::hint::black_box(expand(&s.grid).unwrap());
