@@ -17,4 +17,6 @@ pub mod model;
 pub mod nn;
 pub mod report;
 pub mod slurm;
+pub mod store;
+pub mod sweep;
 pub mod train;

@@ -5,4 +5,5 @@ mod metrics;
 mod model;
 mod report;
 mod slurm;
+mod sweep;
 mod util;
