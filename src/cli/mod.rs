@@ -8,6 +8,9 @@
 //! | 0 | success |
 //! | 1 | the command ran and found something wrong (a regression, failed jobs) |
 //! | 2 | usage or input error: bad arguments, unreadable or invalid files |
+//!
+//! `worker` and `train` exit with the job's class instead (`train::protocol::ExitClass`):
+//! 0 ok, 1 failed, 3 nan, 4 oom, 5 timeout, 6 interrupted.
 
 use std::process::ExitCode;
 
@@ -16,6 +19,9 @@ use clap::{Parser, Subcommand};
 pub mod adapt_args;
 pub mod bench;
 pub mod model;
+pub mod predict;
+pub mod train;
+pub mod worker;
 
 /// Exit code for usage and input errors.
 pub const EXIT_USAGE: u8 = 2;
@@ -33,6 +39,13 @@ pub enum Command {
     Model(model::ModelCmd),
     /// Benchmarks (figures, not tests).
     Bench(bench::BenchCmd),
+    /// Run one job file for a machine: JSON progress lines, exit code = class (0 ok, 1 failed,
+    /// 3 nan, 4 oom, 5 timeout, 6 interrupted).
+    Worker(worker::WorkerArgs),
+    /// Run one job file for a person: a progress bar and a summary table.
+    Train(train::TrainArgs),
+    /// Predict one scan with a base checkpoint (and adapter) per view.
+    Predict(predict::PredictArgs),
 }
 
 /// Parses the command line, runs the subcommand and maps errors to the documented exit codes.
@@ -42,6 +55,9 @@ pub fn main() -> ExitCode {
     let result: anyhow::Result<ExitCode> = match cli.command {
         Command::Model(cmd) => model::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Worker(args) => worker::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Predict(args) => predict::run(args),
     };
     match result {
         Ok(code) => code,
