@@ -19,6 +19,7 @@ use ndarray::Array3;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use ranksweep::data::Volume;
+use ranksweep::data::folds::{SPLITS_FILE, load_or_create_splits};
 use ranksweep::data::nifti::{header_for, read_label, write_i16, write_u8};
 use ranksweep::data::preprocess::View;
 use ranksweep::metrics::{CaseMetrics, Strata};
@@ -120,6 +121,9 @@ fn fixture() -> &'static Fixture {
         let f = Fixture { dir };
         write_cohort(&f.source(), 8, false, 1);
         write_cohort(&f.target(), 12, true, 2);
+        // Written once here: parallel test threads share one pid, hence one temporary name.
+        let ids: Vec<String> = (0..12).map(|i| format!("case_{i:02}")).collect();
+        load_or_create_splits(f.target().join(SPLITS_FILE), &ids, 3, 0, None).unwrap();
         let job = job(&format!(
             "stage: pretrain\ndata: {{dataset: {}}}\ntrain: {{steps: 150, batch_size: 8, foreground_fraction: 0.5}}\noptimizer: {{lr: 0.01}}\noutput: {}\n",
             f.source().display(),
@@ -224,6 +228,20 @@ fn finetuned_conv_lora_beats_none_and_artifacts_agree_with_the_masks() {
     }
     let mean = dices.iter().sum::<f64>() / dices.len() as f64;
     assert!((mean - ev.summary.dice.mean).abs() < 1e-12);
+    // `evaluate` with the adapter file reproduces the fine-tuned model's predictions.
+    let ev_dir = tmp.path().join("ev");
+    let mut ev_job = job(&evaluate_job(f, &ev_dir));
+    ev_job
+        .adapters
+        .set(View::Axial, ft_dir.join("adapter-axial.safetensors"));
+    let again = run(&ev_job).unwrap();
+    assert_eq!(
+        again.evaluation.as_ref().unwrap().cases,
+        ft.evaluation.as_ref().unwrap().cases
+    );
+    // The adapter's size is reported as what the adaptation trains.
+    assert_eq!(again.views[0].trainable_params, v.trainable_params);
+
     // NaN != NaN, so compare as JSON (NaN is null on both sides).
     assert_eq!(
         serde_json::to_value(&back).unwrap(),

@@ -336,27 +336,27 @@ pub enum JobError {
         source: Box<JobError>,
     },
     #[error("dataset: {0}")]
-    Dataset(#[from] crate::data::layout::LayoutError),
+    Dataset(Box<crate::data::layout::LayoutError>),
     #[error("`data.labels`: {0}")]
     Labels(#[from] crate::data::layout::LabelMapError),
     #[error("splits: {0}")]
-    Folds(#[from] crate::data::folds::FoldError),
+    Folds(Box<crate::data::folds::FoldError>),
     #[error("{0}")]
-    Volume(#[from] crate::data::nifti::VolumeError),
+    Volume(Box<crate::data::nifti::VolumeError>),
     #[error("training data: {0}")]
-    Sampling(#[from] crate::data::sampling::SamplingError),
+    Sampling(Box<crate::data::sampling::SamplingError>),
     #[error("checkpoint {0}")]
-    Checkpoint(#[from] crate::model::checkpoint::CheckpointError),
+    Checkpoint(Box<crate::model::checkpoint::CheckpointError>),
     #[error("`adaptation`: {0}")]
     Adapt(#[from] crate::model::AdaptError),
     #[error("`device`: {0}")]
     Device(#[from] crate::nn::device::DeviceError),
     #[error("prediction: {0}")]
-    Predict(#[from] super::predict::PredictError),
+    Predict(Box<super::predict::PredictError>),
     #[error("metrics of case `{case}`: {source}")]
     Metrics {
         case: String,
-        source: crate::metrics::MetricsError,
+        source: Box<crate::metrics::MetricsError>,
     },
     #[error("{}: {source}", path.display())]
     Io {
@@ -366,7 +366,7 @@ pub enum JobError {
     #[error("{context}: {source}")]
     Candle {
         context: String,
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
     #[error("{context}: out of memory: {message}")]
     OutOfMemory { context: String, message: String },
@@ -376,6 +376,26 @@ pub enum JobError {
     Interrupted { at: String },
     #[error("timed out after {limit_s} s (`timeout_s`) {at}; no result written")]
     Timeout { limit_s: f64, at: String },
+}
+
+/// The large sources are boxed so that `Result<_, JobError>` stays small.
+macro_rules! boxed_from {
+    ($($variant:ident: $ty:ty),* $(,)?) => {$(
+        impl From<$ty> for JobError {
+            fn from(e: $ty) -> Self {
+                JobError::$variant(Box::new(e))
+            }
+        }
+    )*};
+}
+
+boxed_from! {
+    Dataset: crate::data::layout::LayoutError,
+    Folds: crate::data::folds::FoldError,
+    Volume: crate::data::nifti::VolumeError,
+    Sampling: crate::data::sampling::SamplingError,
+    Checkpoint: crate::model::checkpoint::CheckpointError,
+    Predict: super::predict::PredictError,
 }
 
 impl JobError {
@@ -399,7 +419,10 @@ impl JobError {
         if is_oom(&message) {
             JobError::OutOfMemory { context, message }
         } else {
-            JobError::Candle { context, source }
+            JobError::Candle {
+                context,
+                source: Box::new(source),
+            }
         }
     }
 

@@ -101,6 +101,8 @@ impl StepTimes {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ViewResult {
     pub view: View,
+    /// Tensors the adaptation trains (for `evaluate` with an adapter: the adapter's size; for
+    /// `evaluate` of a base: 0).
     pub trainable_params: usize,
     pub total_params: usize,
     /// Steps run (0 for `evaluate`).
@@ -266,7 +268,11 @@ impl<'a> Runner<'a> {
                 ),
             });
         }
-        let (fit_ids, val_ids, test_ids) = self.case_lists(&dataset)?;
+        let CaseLists {
+            train: fit_ids,
+            val: val_ids,
+            test: test_ids,
+        } = self.case_lists(&dataset)?;
         let fit_cases = if job.stage.trains() {
             load_train_cases(&dataset, &fit_ids, job)?
         } else {
@@ -313,7 +319,7 @@ impl<'a> Runner<'a> {
                 Evaluation::new(cases, job.data.strata.clone()).map_err(|source| {
                     JobError::Metrics {
                         case: "(summary)".into(),
-                        source,
+                        source: Box::new(source),
                     }
                 })?,
             )
@@ -366,10 +372,7 @@ impl<'a> Runner<'a> {
     }
 
     /// Training cases (minus the `best-val` hold-out), validation cases, test cases.
-    fn case_lists(
-        &self,
-        dataset: &Dataset,
-    ) -> Result<(Vec<String>, Vec<String>, Vec<String>), JobError> {
+    fn case_lists(&self, dataset: &Dataset) -> Result<CaseLists, JobError> {
         let job = self.job;
         let (train, test) = match job.data.fold {
             None => (dataset.case_ids(), Vec::new()),
@@ -386,7 +389,11 @@ impl<'a> Runner<'a> {
             }
         };
         if !job.stage.trains() {
-            return Ok((Vec::new(), Vec::new(), test));
+            return Ok(CaseLists {
+                train: Vec::new(),
+                val: Vec::new(),
+                test,
+            });
         }
         if train.is_empty() {
             return Err(JobError::Invalid {
@@ -395,7 +402,11 @@ impl<'a> Runner<'a> {
             });
         }
         if job.train.selection != Selection::BestVal {
-            return Ok((train, Vec::new(), test));
+            return Ok(CaseLists {
+                train,
+                val: Vec::new(),
+                test,
+            });
         }
         let n = train.len();
         if n < 2 {
@@ -413,7 +424,11 @@ impl<'a> Runner<'a> {
         let mut val = ids.split_off(n - n_val);
         ids.sort();
         val.sort();
-        Ok((ids, val, test))
+        Ok(CaseLists {
+            train: ids,
+            val,
+            test,
+        })
     }
 
     fn train_view(
@@ -693,7 +708,7 @@ impl<'a> Runner<'a> {
             )
             .map_err(|source| JobError::Metrics {
                 case: id.clone(),
-                source,
+                source: Box::new(source),
             })?;
             write_u8(&mask, dir.join(format!("{id}.nii.gz")))?;
             (self.emit)(&Event::Case {
@@ -776,7 +791,7 @@ fn validation_dice(
         let conf =
             Confusion::count(mask.view(), c.target.view()).map_err(|source| JobError::Metrics {
                 case: c.id.clone(),
-                source,
+                source: Box::new(source),
             })?;
         dice.push(conf.dice());
     }
