@@ -12,3 +12,4 @@ pub mod data;
 pub mod metrics;
 pub mod model;
 pub mod nn;
+pub mod train;

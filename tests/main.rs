@@ -1,3 +1,6 @@
 //! Cross-module tests, one binary (each tests/*.rs file would be another slow link with candle).
 
+mod data;
+mod metrics;
+mod model;
 mod util;

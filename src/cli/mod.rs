@@ -13,6 +13,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod adapt_args;
+pub mod bench;
+pub mod eval;
+pub mod inspect;
+pub mod model;
+
 /// Exit code for usage and input errors.
 pub const EXIT_USAGE: u8 = 2;
 
@@ -24,13 +30,27 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Inspect the Unet: per-layer parameters under an adaptation.
+    Model(model::ModelCmd),
+    /// Benchmarks (figures, not tests).
+    Bench(bench::BenchCmd),
+    /// Score predicted masks against annotations: Dice, HD95, volumes, strata, agreement.
+    Eval(eval::EvalArgs),
+    /// Show what a NIfTI file or a dataset folder holds.
+    Inspect(inspect::InspectArgs),
+}
 
 /// Parses the command line, runs the subcommand and maps errors to the documented exit codes.
 pub fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
-    let result: anyhow::Result<ExitCode> = match cli.command {};
+    let result: anyhow::Result<ExitCode> = match cli.command {
+        Command::Model(cmd) => model::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
+        Command::Eval(args) => eval::run(args),
+        Command::Inspect(args) => inspect::run(args),
+    };
     match result {
         Ok(code) => code,
         Err(err) => {
@@ -42,11 +62,17 @@ pub fn main() -> ExitCode {
 
 /// `error: context: cause: cause`, the way ripgrep prints a chain.
 pub fn error_chain(err: &anyhow::Error) -> String {
-    err.chain().map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
+    err.chain()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RANKSWEEP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -34,7 +34,13 @@ pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
 }
 
 /// GroupNorm over (C/G, H, W) per group with a per-channel affine transform.
-pub fn group_norm(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+pub fn group_norm(
+    x: &Tensor,
+    groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     if groups == 0 || c % groups != 0 {
         candle_core::bail!("group_norm: {c} channels do not split into {groups} groups")
@@ -43,7 +49,9 @@ pub fn group_norm(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps:
     let mean = xg.mean_keepdim(D::Minus1)?;
     let centered = xg.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?.reshape((b, c, h, w))?;
+    let normed = centered
+        .broadcast_div(&(var + eps)?.sqrt()?)?
+        .reshape((b, c, h, w))?;
     normed
         .broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?
         .broadcast_add(&beta.reshape((1, c, 1, 1))?)
@@ -59,7 +67,9 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 pub fn bce_with_logits(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
     let t = target.to_dtype(logits.dtype())?;
     let softplus = logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
-    (logits.relu()? - (logits * &t)?)?.add(&softplus)?.mean_all()
+    (logits.relu()? - (logits * &t)?)?
+        .add(&softplus)?
+        .mean_all()
 }
 
 /// Soft Dice loss on logits over the whole batch: 1 − (2Σpt + s) / (Σp + Σt + s), p = σ(x).
@@ -79,5 +89,9 @@ pub fn bce_dice_loss(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
 
 /// Casts to f32 if needed: training on CPU runs in f32 (bf16 conv errors there).
 pub fn to_f32(x: &Tensor) -> Result<Tensor> {
-    if x.dtype() == DType::F32 { Ok(x.clone()) } else { x.to_dtype(DType::F32) }
+    if x.dtype() == DType::F32 {
+        Ok(x.clone())
+    } else {
+        x.to_dtype(DType::F32)
+    }
 }
