@@ -235,12 +235,8 @@ pub enum PhantomError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: cannot write NIfTI: {source}", path.display())]
-    Nifti {
-        path: PathBuf,
-        #[source]
-        source: nifti::NiftiError,
-    },
+    #[error(transparent)]
+    Volume(#[from] crate::data::nifti::VolumeError),
     #[error("{}: cannot write JSON: {source}", path.display())]
     Json {
         path: PathBuf,

@@ -21,7 +21,7 @@ use serde::Serialize;
 use super::cohort::build_case;
 use super::meta::{CaseMeta, CohortMeta};
 use super::{PhantomConfig, PhantomError, STRATA_ML, xyz};
-use crate::data::Volume;
+use crate::data::nifti::{write_i16, write_u8};
 
 /// What [`write_cohort`] wrote.
 #[derive(Clone, Debug)]
@@ -155,29 +155,4 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<(), PhantomError> {
     })?;
     text.push('\n');
     fs::write(path, text).map_err(io(path))
-}
-
-// REPLACE with `crate::data::nifti::write_i16` / `write_u8` once the NIfTI I/O of the `data`
-// branch is on main: these private writers only exist until then.
-fn write_i16(vol: &Volume<i16>, path: &Path) -> Result<(), PhantomError> {
-    let header = vol.header.as_deref().cloned().unwrap_or_default();
-    // The crate writes `[x, y, z]` arrays in Fortran order: our `[z, y, x]` array reversed.
-    nifti::writer::WriterOptions::new(path)
-        .reference_header(&header)
-        .write_nifti(&vol.data.view().reversed_axes())
-        .map_err(|source| PhantomError::Nifti {
-            path: path.to_path_buf(),
-            source,
-        })
-}
-
-fn write_u8(vol: &Volume<u8>, path: &Path) -> Result<(), PhantomError> {
-    let header = vol.header.as_deref().cloned().unwrap_or_default();
-    nifti::writer::WriterOptions::new(path)
-        .reference_header(&header)
-        .write_nifti(&vol.data.view().reversed_axes())
-        .map_err(|source| PhantomError::Nifti {
-            path: path.to_path_buf(),
-            source,
-        })
 }
