@@ -18,6 +18,8 @@ use clap::{Parser, Subcommand};
 
 pub mod adapt_args;
 pub mod bench;
+pub mod eval;
+pub mod inspect;
 pub mod model;
 pub mod predict;
 pub mod train;
@@ -46,6 +48,10 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Predict one scan with a base checkpoint (and adapter) per view.
     Predict(predict::PredictArgs),
+    /// Score predicted masks against annotations: Dice, HD95, volumes, strata, agreement.
+    Eval(eval::EvalArgs),
+    /// Show what a NIfTI file or a dataset folder holds.
+    Inspect(inspect::InspectArgs),
 }
 
 /// Parses the command line, runs the subcommand and maps errors to the documented exit codes.
@@ -58,6 +64,8 @@ pub fn main() -> ExitCode {
         Command::Worker(args) => worker::run(args),
         Command::Train(args) => train::run(args),
         Command::Predict(args) => predict::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Inspect(args) => inspect::run(args),
     };
     match result {
         Ok(code) => code,

@@ -232,12 +232,13 @@ pub fn make_splits(
         }
     };
 
-    let mut fold_of: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut counter = 0usize;
-    for id in groups.into_iter().flatten() {
-        fold_of.insert(id, counter % k);
-        counter += 1;
-    }
+    // One running counter over the groups in order: round-robin within and across strata.
+    let fold_of: BTreeMap<&str, usize> = groups
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, id)| (id, i % k))
+        .collect();
     let folds = (0..k)
         .map(|f| {
             // BTreeMap iteration: both lists come out sorted.

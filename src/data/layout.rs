@@ -219,19 +219,14 @@ impl Dataset {
 }
 
 /// Which stored label values make up the binary target (e.g. `[4]` for SAH in BHSD).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum LabelMap {
     /// Every non-zero value is foreground (binary datasets).
+    #[default]
     NonZero,
     /// Only these values are foreground.
     Values(Vec<u8>),
-}
-
-impl Default for LabelMap {
-    fn default() -> Self {
-        LabelMap::NonZero
-    }
 }
 
 /// A label-map string that does not parse.
@@ -365,9 +360,9 @@ pub fn index_dataset(root: impl AsRef<Path>) -> Result<Dataset, LayoutError> {
     let mut hasher = Sha256::new();
     hasher.update(layout.name().as_bytes());
     if json_path.is_file() {
-        let bytes = fs::read(&json_path).map_err(|source| LayoutError::ReadDir {
+        let bytes = fs::read(&json_path).map_err(|e| LayoutError::DatasetJson {
             path: json_path.clone(),
-            source,
+            message: format!("cannot read: {e}"),
         })?;
         hash_field(&mut hasher, &bytes);
     }

@@ -250,7 +250,7 @@ pub fn read_decoded_bytes(path: impl AsRef<Path>) -> Result<Vec<u8>, VolumeError
 
 fn read_f32(path: &Path) -> Result<Volume<f32>, VolumeError> {
     let err = |kind| VolumeError::new(path, kind);
-    let bytes = read_decoded_bytes(path)?;
+    let mut bytes = read_decoded_bytes(path)?;
     let info = parse_header(path, &bytes).map_err(err)?;
     let offset = info.header.vox_offset as usize;
     let expected = info.voxels() * info.datatype.size_of();
@@ -271,8 +271,10 @@ fn read_f32(path: &Path) -> Result<Volume<f32>, VolumeError> {
     h3.scl_slope = 0.0;
     h3.scl_inter = 0.0;
     let header_err = |e: ::nifti::NiftiError| err(VolumeErrorKind::Header(e.to_string()));
-    let raw = InMemNiftiVolume::from_reader(&bytes[offset..offset + expected], &h3)
-        .map_err(header_err)?;
+    // Keep only the voxel bytes, in place (no second buffer of the volume's size).
+    bytes.truncate(offset + expected);
+    bytes.drain(..offset);
+    let raw = InMemNiftiVolume::from_raw_data(&h3, bytes).map_err(header_err)?;
     let xyz = raw.into_ndarray::<f32>().map_err(header_err)?;
     let xyz = xyz
         .into_dimensionality::<Ix3>()
@@ -397,7 +399,7 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<HeaderInfo, VolumeErrorKind
         );
         1.0
     });
-    let p = |i: usize| header.pixdim[i] as f64 * to_mm;
+    let p = |i: usize| decimal_f64(header.pixdim[i]) * to_mm;
     let spacing = [p(3), p(2), p(1)];
     Ok(HeaderInfo {
         header,
@@ -406,6 +408,12 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<HeaderInfo, VolumeErrorKind
         datatype,
         raw: bytes[..HEADER_BYTES].to_vec(),
     })
+}
+
+/// The f64 of the shortest decimal that reads back as `v` (0.45f32 → 0.45, not
+/// 0.44999998807907104): what the writer of the header meant, and what users expect to see.
+fn decimal_f64(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(v as f64)
 }
 
 /// Millimetres per unit of `pixdim`, or `None` when the header names no spatial unit.
@@ -677,7 +685,7 @@ mod tests {
             write_i16(&vol, &p).unwrap();
             let back = read_volume(&p).unwrap();
             assert_eq!(back.shape(), [3, 4, 5]);
-            assert_eq!(back.spacing, [5.0, 0.45f32 as f64, 0.4f32 as f64]);
+            assert_eq!(back.spacing, [5.0, 0.45, 0.4]);
             assert!(back.data.is_standard_layout());
             assert_eq!(back.data, vol.data.mapv(|v| v as f32), "{name}");
             // [z, y, x] indexing: voxel (z=2, y=1, x=3).
@@ -759,12 +767,14 @@ mod tests {
         let vol = ramp_i16([2, 2, 3]);
         let base = nii_bytes(dir.path(), &vol);
         let raw = vol.data.mapv(|v| v as f32);
-        let cases: [(f32, f32, Box<dyn Fn(f32) -> f32>); 5] = [
-            (0.5, -1024.0, Box::new(|v| v * 0.5 - 1024.0)),
-            (2.0, 3.0, Box::new(|v| v * 2.0 + 3.0)),
-            (0.0, -1024.0, Box::new(|v| v)),
-            (f32::NAN, f32::NAN, Box::new(|v| v)),
-            (f32::INFINITY, 0.0, Box::new(|v| v)),
+        // (slope, intercept, expected value of raw voxel v).
+        type Case = (f32, f32, fn(f32) -> f32);
+        let cases: [Case; 5] = [
+            (0.5, -1024.0, |v| v * 0.5 - 1024.0),
+            (2.0, 3.0, |v| v * 2.0 + 3.0),
+            (0.0, -1024.0, |v| v),
+            (f32::NAN, f32::NAN, |v| v),
+            (f32::INFINITY, 0.0, |v| v),
         ];
         for (i, (slope, inter, expect)) in cases.iter().enumerate() {
             let mut b = base.clone();
@@ -828,7 +838,7 @@ mod tests {
         write_i16(&vol, &p).unwrap();
         let h = read_header(&p).unwrap();
         assert_eq!(h.shape, [4, 3, 2]);
-        assert_eq!(h.spacing, [5.0, 0.45f32 as f64, 0.4f32 as f64]);
+        assert_eq!(h.spacing, [5.0, 0.45, 0.4]);
         assert_eq!(h.datatype, NiftiType::Int16);
         assert_eq!(h.raw.len(), HEADER_BYTES);
         // A truncated uncompressed file is caught from its size alone.
@@ -1039,6 +1049,24 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("x.nii.gz")]);
+    }
+
+    #[test]
+    fn big_endian_files_read_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut vol = ramp_i16([2, 3, 4]);
+        let h = NiftiHeader {
+            endianness: ::nifti::Endianness::Big,
+            ..header_for([2, 3, 4], vol.spacing)
+        };
+        vol.header = Some(Box::new(h));
+        let p = dir.path().join("be.nii");
+        write_i16(&vol, &p).unwrap();
+        let bytes = fs::read(&p).unwrap();
+        assert_eq!(bytes[..4], 348i32.to_be_bytes(), "written big-endian");
+        let back = read_volume(&p).unwrap();
+        assert_eq!(back.data, vol.data.mapv(f32::from));
+        assert_eq!(back.spacing, [5.0, 0.45, 0.4]);
     }
 
     #[test]
