@@ -550,3 +550,45 @@ fn train_cli_prints_a_summary_and_worker_prints_json_lines() {
         }
     ));
 }
+
+/// The pipeline on the phantom cohorts (nnU-Net v2 layout, `_0000` images, `dataset.json`):
+/// a two-view pretrain on TBI phantoms and its evaluation on an SAH fold. A smoke test: this
+/// tiny model does not learn the phantoms in a few steps (Dice is not asserted).
+#[test]
+fn runs_on_the_phantom_cohorts() {
+    use ranksweep::data::phantom::{Cohort, PhantomConfig, write_cohort as phantoms};
+    let tmp = tempfile::tempdir().unwrap();
+    let cohort = |c, seed, dir: &str| {
+        let mut cfg = PhantomConfig::new(c, 4, seed);
+        cfg.shape = [8, 32, 32];
+        cfg.spacing = [6.0, 6.5, 6.5];
+        phantoms(&cfg, &tmp.path().join(dir)).unwrap();
+    };
+    cohort(Cohort::Tbi, 1, "tbi");
+    cohort(Cohort::Sah, 2, "sah");
+    let pre = tmp.path().join("pre");
+    let r = run(&job(&format!(
+        "stage: pretrain\ndata: {{dataset: {}}}\nviews: [axial, sagittal]\ntrain: {{steps: 3, batch_size: 2}}\noutput: {}\n",
+        tmp.path().join("tbi").display(),
+        pre.display()
+    )))
+    .unwrap();
+    assert_eq!(r.cases.train.len(), 4);
+    assert!(r.evaluation.is_none());
+    let out = tmp.path().join("ev");
+    let ev = run(&job(&format!(
+        "stage: evaluate\ndata: {{dataset: {}, fold: 1, folds: 2}}\nviews: [axial, sagittal]\nbase: {{axial: {}, sagittal: {}}}\noutput: {}\n",
+        tmp.path().join("sah").display(),
+        pre.join("base-axial.safetensors").display(),
+        pre.join("base-sagittal.safetensors").display(),
+        out.display()
+    )))
+    .unwrap();
+    assert_eq!(ev.cases.test.len(), 2);
+    let csv = std::fs::read_to_string(out.join(METRICS_FILE)).unwrap();
+    assert_eq!(csv.lines().count(), 3);
+    for case in &ev.cases.test {
+        let pred = read_label(out.join(PRED_DIR).join(format!("{case}.nii.gz"))).unwrap();
+        assert_eq!(pred.shape(), [8, 32, 32]);
+    }
+}
