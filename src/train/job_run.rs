@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bench::peak_rss_mb;
 use super::job::{JobConfig, JobError, Selection, Stage};
-use super::predict::{ViewModel, predict_probabilities, predict_view, threshold};
+use super::predict::{ViewModel, load_adapted, predict_probabilities, predict_view, threshold};
 use super::protocol::{Event, ExitClass, PROTOCOL_VERSION, finite};
 use super::step::Trainer;
 use crate::data::Volume;
@@ -46,9 +46,7 @@ use crate::data::nifti::write_u8;
 use crate::data::preprocess::View;
 use crate::data::sampling::{SamplerConfig, SliceSampler, TrainCase};
 use crate::metrics::{CaseMetrics, Confusion, Evaluation, NamedCase, mean_sd};
-use crate::model::checkpoint::{
-    file_sha256, load_adapter, load_base, save_adapter, save_base, write_atomic,
-};
+use crate::model::checkpoint::{file_sha256, load_base, save_adapter, save_base, write_atomic};
 use crate::model::{AdaptationSpec, Selector, Unet2d};
 
 /// The file written last, on success only.
@@ -628,22 +626,7 @@ impl<'a> Runner<'a> {
         let adapter = job.adapters.get(view).cloned();
         let model = match &adapter {
             None => base,
-            Some(path) => {
-                let (m, meta) = load_adapter(&base, path)?;
-                let sha = file_sha256(base_path)?;
-                if meta.base_sha256 != sha {
-                    return Err(JobError::Invalid {
-                        field: "adapters".into(),
-                        reason: format!(
-                            "{} was trained on a base with SHA-256 {}, but {} has {sha}",
-                            path.display(),
-                            meta.base_sha256,
-                            base_path.display()
-                        ),
-                    });
-                }
-                m
-            }
+            Some(path) => load_adapted(&base, base_path, path)?,
         };
         let (trainable_params, total_params) = (model.trainable_params(), model.total_params());
         let merged = model

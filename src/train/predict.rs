@@ -21,7 +21,7 @@ use crate::data::Volume;
 use crate::data::nifti::{read_volume, write_u8};
 use crate::data::preprocess::{HuWindow, Pad2, View, window_slice};
 use crate::model::Unet2d;
-use crate::model::checkpoint::{load_adapter, load_base};
+use crate::model::checkpoint::{file_sha256, load_adapter, load_base};
 use crate::nn::DeviceSpec;
 
 /// Probability above which a voxel is foreground.
@@ -62,6 +62,16 @@ pub enum PredictError {
         views
     )]
     CheckpointCount { got: usize, views: usize },
+    #[error(
+        "{}: trained on a base file with SHA-256 {recorded}, but {} has {actual}",
+        adapter.display(), base.display()
+    )]
+    BaseMismatch {
+        adapter: PathBuf,
+        base: PathBuf,
+        recorded: String,
+        actual: String,
+    },
     #[error(transparent)]
     Volume(#[from] crate::data::nifti::VolumeError),
     #[error(transparent)]
@@ -276,7 +286,7 @@ pub fn load_view_models(
         .map(|(i, &view)| {
             let base = load_base(&checkpoints[i], device)?;
             let model = match adapters.get(i) {
-                Some(a) => load_adapter(&base, a)?.0,
+                Some(a) => load_adapted(&base, &checkpoints[i], a)?,
                 None => base,
             };
             let model = model
@@ -285,6 +295,26 @@ pub fn load_view_models(
             Ok(ViewModel { view, model })
         })
         .collect()
+}
+
+/// Applies an adapter file to the base loaded from `base_path`, refusing an adapter that was
+/// trained on another base file (its metadata records the base's SHA-256).
+pub fn load_adapted(
+    base: &Unet2d,
+    base_path: &Path,
+    adapter: &Path,
+) -> Result<Unet2d, PredictError> {
+    let (model, meta) = load_adapter(base, adapter)?;
+    let actual = file_sha256(base_path)?;
+    if meta.base_sha256 != actual {
+        return Err(PredictError::BaseMismatch {
+            adapter: adapter.into(),
+            base: base_path.into(),
+            recorded: meta.base_sha256,
+            actual,
+        });
+    }
+    Ok(model)
 }
 
 fn path_str(p: &Path) -> String {
@@ -365,6 +395,48 @@ mod tests {
         for (m, f) in mask.iter().zip(&fused) {
             assert_eq!(*m == 1, *f > 0.5);
         }
+    }
+
+    #[test]
+    fn one_checkpoint_per_view_is_required() {
+        let p = PredictFile {
+            checkpoints: vec!["a.safetensors".into()],
+            adapters: vec![],
+            views: vec![View::Axial, View::Coronal],
+            images: vec!["x.nii.gz".into()],
+            windows: vec![HuWindow::BRAIN],
+            out: "m.nii.gz".into(),
+            device: DeviceSpec::Cpu,
+            batch: 4,
+        };
+        let err = predict_file(&p).unwrap_err().to_string();
+        assert!(err.contains("1 checkpoints given for 2 views"), "{err}");
+    }
+
+    #[test]
+    fn an_adapter_for_another_base_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, ad) = (
+            dir.path().join("a.safetensors"),
+            dir.path().join("b.safetensors"),
+            dir.path().join("ad.safetensors"),
+        );
+        let base_a = model(1);
+        crate::model::checkpoint::save_base(&base_a, &a).unwrap();
+        crate::model::checkpoint::save_base(&model(2), &b).unwrap();
+        let mut adapted = base_a.clone();
+        let spec = crate::model::AdaptationSpec::adapter(
+            crate::model::AdaptationKind::ConvLora,
+            crate::model::Selector::new("decoder").unwrap(),
+            2,
+        );
+        spec.apply(&mut adapted, 0).unwrap();
+        let sha = file_sha256(&a).unwrap();
+        crate::model::checkpoint::save_adapter(&adapted, &spec, &sha, &ad).unwrap();
+        assert!(load_adapted(&base_a, &a, &ad).is_ok());
+        let base_b = load_base(&b, &Device::Cpu).unwrap();
+        let err = load_adapted(&base_b, &b, &ad).unwrap_err().to_string();
+        assert!(err.contains("trained on a base file with SHA-256"), "{err}");
     }
 
     #[test]
