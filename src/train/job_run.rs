@@ -284,7 +284,7 @@ impl<'a> Runner<'a> {
         };
         (self.emit)(&Event::Start {
             protocol: PROTOCOL_VERSION,
-            stage: job.stage.to_string(),
+            stage: job.stage,
             views: job.views.clone(),
             device: job.device.to_string(),
             train_cases: fit_ids.len(),

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::job::Stage;
 use crate::data::preprocess::View;
 
 /// Version of the event stream, exit codes and `result.json` layout.
@@ -97,7 +98,7 @@ pub enum Event {
     /// The job is validated, its data indexed and its device open.
     Start {
         protocol: u32,
-        stage: String,
+        stage: Stage,
         views: Vec<View>,
         device: String,
         train_cases: usize,
