@@ -8,6 +8,9 @@
 //! | 0 | success |
 //! | 1 | the command ran and found something wrong (a regression, failed jobs) |
 //! | 2 | usage or input error: bad arguments, unreadable or invalid files |
+//!
+//! `worker` and `train` exit with the job's class instead (`train::protocol::ExitClass`):
+//! 0 ok, 1 failed, 3 nan, 4 oom, 5 timeout, 6 interrupted.
 
 use std::process::ExitCode;
 
@@ -19,7 +22,10 @@ pub mod compare;
 pub mod eval;
 pub mod inspect;
 pub mod model;
+pub mod predict;
 pub mod report;
+pub mod train;
+pub mod worker;
 
 /// Exit code for usage and input errors.
 pub const EXIT_USAGE: u8 = 2;
@@ -37,6 +43,13 @@ pub enum Command {
     Model(model::ModelCmd),
     /// Benchmarks (figures, not tests).
     Bench(bench::BenchCmd),
+    /// Run one job file for a machine: JSON progress lines, exit code = class (0 ok, 1 failed,
+    /// 3 nan, 4 oom, 5 timeout, 6 interrupted).
+    Worker(worker::WorkerArgs),
+    /// Run one job file for a person: a progress bar and a summary table.
+    Train(train::TrainArgs),
+    /// Predict one scan with a base checkpoint (and adapter) per view.
+    Predict(predict::PredictArgs),
     /// Score predicted masks against annotations: Dice, HD95, volumes, strata, agreement.
     Eval(eval::EvalArgs),
     /// Show what a NIfTI file or a dataset folder holds.
@@ -54,6 +67,9 @@ pub fn main() -> ExitCode {
     let result: anyhow::Result<ExitCode> = match cli.command {
         Command::Model(cmd) => model::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Worker(args) => worker::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Predict(args) => predict::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Report(args) => report::run(args),

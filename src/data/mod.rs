@@ -12,6 +12,7 @@
 //! - [`preprocess`]: HU windows as channels, axial/coronal/sagittal views, pad and crop.
 //! - [`sampling`]: seeded training batches with foreground oversampling and augmentation.
 //! - [`inspect`]: the summary behind `ranksweep inspect` (a file or a dataset folder).
+//! - [`phantom`]: the synthetic TBI and SAH head-CT cohorts (the embedded default data set).
 //!
 //! Errors are one thiserror type per module; every message names the file (or case, or field)
 //! and what was expected.
@@ -20,6 +21,7 @@ pub mod folds;
 pub mod inspect;
 pub mod layout;
 pub mod nifti;
+pub mod phantom;
 pub mod preprocess;
 pub mod sampling;
 pub mod volume;

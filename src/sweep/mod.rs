@@ -9,6 +9,7 @@
 //! Key types: [`Spec`], [`Block`], [`Cell`], [`CellId`], [`SpecError`].
 
 pub mod cells;
+pub mod plan;
 pub mod spec;
 pub mod values;
 pub mod yaml;

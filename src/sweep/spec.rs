@@ -109,6 +109,19 @@ pub struct DataFile {
     pub source_labels: Option<OneOrMany<Positive>>,
     #[serde(default)]
     pub target_labels: Option<OneOrMany<Positive>>,
+    /// Synthesize the phantom cohorts into `source` (TBI) and `target` (SAH) when missing.
+    #[serde(default)]
+    pub synthesize: Option<SynthesizeFile>,
+}
+
+/// `data.synthesize`: phantom cohort sizes and seed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthesizeFile {
+    pub source_cases: Positive,
+    pub target_cases: Positive,
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -231,15 +244,8 @@ pub struct PartialFile {
 // ---------------------------------------------------------------------------------------------
 // The validated spec.
 
-/// Which checkpoint a training stage keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Select {
-    /// The step with the best validation Dice.
-    BestVal,
-    /// The last step.
-    Last,
-}
+/// Which checkpoint a training stage keeps: the job's own type, so spec and job agree.
+pub use crate::train::job::Selection as Select;
 
 /// One training stage's settings after defaults and overrides.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -279,6 +285,16 @@ pub struct DataSpec {
     pub source_labels: Option<Vec<u32>>,
     /// Label values that count as foreground in the target set; `None` = any non-zero label.
     pub target_labels: Option<Vec<u32>>,
+    /// Phantom cohorts to synthesize into `source` and `target` when those folders are missing.
+    pub synthesize: Option<Synthesize>,
+}
+
+/// Phantom cohorts `run` writes before planning when the data folders are missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Synthesize {
+    pub source_cases: usize,
+    pub target_cases: usize,
+    pub seed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -609,6 +625,11 @@ fn validate_data(d: &DataFile, dir: &Path, ctx: &Ctx) -> Result<DataSpec, SpecEr
         split_seed: d.split_seed.unwrap_or(0),
         source_labels: labels(&d.source_labels, "source_labels")?,
         target_labels: labels(&d.target_labels, "target_labels")?,
+        synthesize: d.synthesize.as_ref().map(|s| Synthesize {
+            source_cases: s.source_cases.0,
+            target_cases: s.target_cases.0,
+            seed: s.seed.unwrap_or(0),
+        }),
     })
 }
 

@@ -1,0 +1,346 @@
+//! Synthetic head-CT phantoms: the TBI cohort (pre-training) and the aneurysmal SAH cohort
+//! (fine-tuning), the embedded default data set that makes the TBI → SAH domain shift real
+//! when no scans can be downloaded. Specification: `shared/notes/data.md`, "Synthetic phantoms".
+//!
+//! Key types: [`PhantomConfig`] (cohort, cases, seed, grid), [`PhantomCase`] (image in HU,
+//! label, [`CaseMeta`]), [`Cohort`]. Entry points: [`synthesize_case`], [`synthesize`] (in
+//! memory) and [`write_cohort`] (nnU-Net v2 folder, written atomically).
+//!
+//! Design, one stage per file:
+//! - `shapes`: mm geometry (ellipsoids, plates, shells); `raster`: the output grid, the finer
+//!   grid everything is drawn on, and the averaging down that turns thin structures into
+//!   partial volume;
+//! - `anatomy`: the head as tissue classes, with the CSF compartments blood can fill;
+//! - `lesions::{tbi, sah}`: the blood, sized on the label (fraction ≥ 0.5 after averaging);
+//! - `scanner`: offset, rim, streaks, blur, correlated noise, rounding;
+//! - `cohort`: one case from (config, index); `write`: the folder; `baseline`: the threshold
+//!   baseline the phantoms are calibrated against.
+//!
+//! Every case is a pure function of (cohort, seed, index, grid): its random stream is ChaCha8
+//! seeded by the cohort seed with the case index as stream, so cases can be drawn in parallel
+//! and in any order, and case `i` does not depend on how many cases were asked for.
+
+mod anatomy;
+pub mod baseline;
+mod cohort;
+mod lesions;
+pub mod meta;
+mod raster;
+mod scanner;
+mod shapes;
+mod write;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::data::Volume;
+
+pub use cohort::synthesize_case;
+pub use meta::{
+    Aneurysm, AneurysmSite, CaseMeta, Lesion, LesionKind, SahPattern, stratum_index, stratum_name,
+};
+pub use write::{CohortSummary, write_cohort};
+
+/// Hemorrhage-volume strata edges (mL) used to balance the SAH cohort and name strata.
+pub const STRATA_ML: [f64; 3] = [5.0, 15.0, 30.0];
+
+/// Default output grid `[z, y, x]`: small enough to train on in CI, the whole head in view.
+pub const DEFAULT_SHAPE: [usize; 3] = [24, 64, 64];
+/// Default voxel size (mm) `[z, y, x]`: 218 mm in-plane field of view, 144 mm of slices.
+pub const DEFAULT_SPACING: [f64; 3] = [6.0, 3.4, 3.4];
+/// Smallest grid accepted, `[z, y, x]`.
+pub const MIN_SHAPE: [usize; 3] = [4, 16, 16];
+/// Smallest field of view (mm) accepted, `[z, y, x]`: the head must fit in-plane.
+pub const MIN_FOV_MM: [f64; 3] = [40.0, 200.0, 200.0];
+/// NIfTI-1 stores sizes as 16-bit integers.
+const MAX_DIM: usize = i16::MAX as usize;
+/// Most fine samples one case may need (about 1.5 GB of working memory).
+const MAX_FINE_SAMPLES: usize = 400_000_000;
+
+/// Which cohort to synthesize.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cohort {
+    /// Traumatic brain injury: the pre-training cohort.
+    Tbi,
+    /// Aneurysmal subarachnoid haemorrhage: the fine-tuning cohort.
+    Sah,
+}
+
+impl Cohort {
+    pub fn name(self) -> &'static str {
+        match self {
+            Cohort::Tbi => "tbi",
+            Cohort::Sah => "sah",
+        }
+    }
+
+    /// Mixed into the seed so that both cohorts drawn with one seed differ.
+    fn tag(self) -> u64 {
+        match self {
+            Cohort::Tbi => 0x7462_6900,
+            Cohort::Sah => 0x7361_6800,
+        }
+    }
+}
+
+impl fmt::Display for Cohort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Cohort {
+    type Err = PhantomError;
+    fn from_str(s: &str) -> Result<Cohort, PhantomError> {
+        match s {
+            "tbi" => Ok(Cohort::Tbi),
+            "sah" => Ok(Cohort::Sah),
+            _ => Err(PhantomError::UnknownCohort(s.to_string())),
+        }
+    }
+}
+
+/// Patient side (NIfTI RAS: right is +x).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Side {
+    Right,
+    Left,
+}
+
+impl Side {
+    pub(crate) fn sign(self) -> f64 {
+        match self {
+            Side::Right => 1.0,
+            Side::Left => -1.0,
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Side::Right => "right",
+            Side::Left => "left",
+        }
+    }
+
+    pub(crate) fn other(self) -> Side {
+        match self {
+            Side::Right => Side::Left,
+            Side::Left => Side::Right,
+        }
+    }
+}
+
+/// What to synthesize. Grid arrays are `[z, y, x]` like [`Volume`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PhantomConfig {
+    pub cohort: Cohort,
+    pub cases: usize,
+    pub seed: u64,
+    pub shape: [usize; 3],
+    pub spacing: [f64; 3],
+}
+
+impl PhantomConfig {
+    /// `cases` cases of `cohort` on the default grid.
+    pub fn new(cohort: Cohort, cases: usize, seed: u64) -> PhantomConfig {
+        PhantomConfig {
+            cohort,
+            cases,
+            seed,
+            shape: DEFAULT_SHAPE,
+            spacing: DEFAULT_SPACING,
+        }
+    }
+
+    /// Checks the values a user can get wrong.
+    pub fn validate(&self) -> Result<(), PhantomError> {
+        if self.cases == 0 {
+            return Err(PhantomError::NoCases);
+        }
+        if self.spacing.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(PhantomError::Spacing {
+                spacing: xyz(self.spacing),
+            });
+        }
+        if self.shape.iter().zip(MIN_SHAPE).any(|(&n, m)| n < m) {
+            return Err(PhantomError::ShapeTooSmall {
+                shape: xyz(self.shape),
+                min: xyz(MIN_SHAPE),
+            });
+        }
+        let fov = [0, 1, 2].map(|k| self.shape[k] as f64 * self.spacing[k]);
+        if fov.iter().zip(MIN_FOV_MM).any(|(&f, m)| f < m) {
+            return Err(PhantomError::FieldOfView {
+                fov: xyz(fov),
+                min: xyz(MIN_FOV_MM),
+            });
+        }
+        if self.shape.iter().any(|&n| n > MAX_DIM) {
+            return Err(PhantomError::TooLarge {
+                shape: xyz(self.shape),
+            });
+        }
+        // In f64: a silly shape must not overflow before it is refused.
+        let factor = raster::Grid::new(self.shape, self.spacing).factor;
+        let fine: f64 = (0..3)
+            .map(|k| self.shape[k] as f64 * factor[k] as f64)
+            .product();
+        if fine > MAX_FINE_SAMPLES as f64 {
+            return Err(PhantomError::TooLarge {
+                shape: xyz(self.shape),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `[z, y, x]` → `[x, y, z]`, the order users type and NIfTI stores.
+pub fn xyz<T: Copy>(zyx: [T; 3]) -> [T; 3] {
+    [zyx[2], zyx[1], zyx[0]]
+}
+
+/// Errors of the phantom generator. Field names are the CLI's; shapes and spacings are
+/// printed `x, y, z`.
+#[derive(Debug, thiserror::Error)]
+pub enum PhantomError {
+    #[error("unknown cohort `{0}`: expected `tbi` or `sah`")]
+    UnknownCohort(String),
+    #[error("`cases`: expected at least 1, got 0")]
+    NoCases,
+    #[error("`spacing`: expected three positive sizes in mm, got {spacing:?}")]
+    Spacing { spacing: [f64; 3] },
+    #[error("`shape`: expected at least {min:?} voxels, got {shape:?}")]
+    ShapeTooSmall { shape: [usize; 3], min: [usize; 3] },
+    #[error(
+        "`shape` × `spacing`: field of view {fov:?} mm is smaller than a head (at least {min:?} mm)"
+    )]
+    FieldOfView { fov: [f64; 3], min: [f64; 3] },
+    #[error(
+        "`shape`: {shape:?} needs more than {MAX_FINE_SAMPLES} fine samples per case; use fewer or larger voxels"
+    )]
+    TooLarge { shape: [usize; 3] },
+    #[error("{}: output already exists and is not empty", path.display())]
+    OutputExists { path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Volume(#[from] crate::data::nifti::VolumeError),
+    #[error("{}: cannot write JSON: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// One synthesized case.
+#[derive(Clone, Debug)]
+pub struct PhantomCase {
+    /// Case identifier (`tbi_003`), as in the nnU-Net file names.
+    pub id: String,
+    /// CT in HU, axes `[z, y, x]`.
+    pub image: Volume<i16>,
+    /// Blood label (0/1): voxels whose blood fraction reaches 0.5.
+    pub label: Volume<u8>,
+    pub meta: CaseMeta,
+}
+
+/// All cases of `cfg`, drawn in parallel, in index order.
+pub fn synthesize(cfg: &PhantomConfig) -> Result<Vec<PhantomCase>, PhantomError> {
+    cfg.validate()?;
+    Ok((0..cfg.cases)
+        .into_par_iter()
+        .map(|i| cohort::build_case(cfg, i))
+        .collect())
+}
+
+/// The case's random stream: ChaCha8 from (seed, cohort), stream = case index.
+fn case_rng(seed: u64, cohort: Cohort, index: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ cohort.tag());
+    rng.set_stream(index as u64);
+    rng
+}
+
+/// Cohort-level schedules (blood-free rotation, strata permutations): streams no case uses.
+pub(crate) fn schedule_rng(seed: u64, key: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream((1 << 63) | key);
+    rng
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_validation_names_the_field() {
+        let ok = PhantomConfig::new(Cohort::Sah, 3, 1);
+        assert!(ok.validate().is_ok());
+        let e = PhantomConfig {
+            cases: 0,
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("`cases`"), "{e}");
+        let e = PhantomConfig {
+            spacing: [6.0, 0.0, 3.4],
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("`spacing`"), "{e}");
+        let e = PhantomConfig {
+            spacing: [6.0, f64::NAN, 3.4],
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(matches!(e, PhantomError::Spacing { .. }));
+        let e = PhantomConfig {
+            shape: [24, 64, 8],
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("[8, 64, 24]"),
+            "printed x, y, z: {e}"
+        );
+        let e = PhantomConfig {
+            spacing: [6.0, 1.0, 1.0],
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(matches!(e, PhantomError::FieldOfView { .. }), "{e}");
+        let e = PhantomConfig {
+            shape: [400, 2048, 2048],
+            spacing: [0.5, 0.1, 0.1],
+            ..ok
+        }
+        .validate()
+        .unwrap_err();
+        assert!(matches!(e, PhantomError::TooLarge { .. }), "{e}");
+        assert_eq!("sah".parse::<Cohort>().unwrap(), Cohort::Sah);
+        assert!(
+            "ich"
+                .parse::<Cohort>()
+                .unwrap_err()
+                .to_string()
+                .contains("`tbi` or `sah`")
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! A cohort on disk, in the nnU-Net v2 layout:
+//!
+//! ```text
+//! DIR/imagesTr/{case}_0000.nii.gz   CT, i16 HU
+//! DIR/labelsTr/{case}.nii.gz        blood label, u8 0/1
+//! DIR/dataset.json                  channel_names, labels, numTraining, file_ending, description
+//! DIR/phantom.json                  per-case metadata (CohortMeta)
+//! ```
+//!
+//! Written atomically: everything goes to a hidden sibling folder which is renamed to `DIR`
+//! only when complete, so an interrupted run leaves no half cohort (and a failed one removes
+//! its temporary folder). Cases are drawn and written in parallel, one at a time per thread,
+//! so memory stays bounded at realistic sizes.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::cohort::build_case;
+use super::meta::{CaseMeta, CohortMeta};
+use super::{PhantomConfig, PhantomError, STRATA_ML, xyz};
+use crate::data::nifti::{write_i16, write_u8};
+
+/// What [`write_cohort`] wrote.
+#[derive(Clone, Debug)]
+pub struct CohortSummary {
+    pub dir: PathBuf,
+    pub cases: Vec<CaseMeta>,
+}
+
+/// Removes the temporary folder unless the write completed.
+struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PhantomError + '_ {
+    move |source| PhantomError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Synthesizes `cfg` into `out` (which must not exist, or be an empty folder).
+pub fn write_cohort(cfg: &PhantomConfig, out: &Path) -> Result<CohortSummary, PhantomError> {
+    cfg.validate()?;
+    let out_is_empty_dir = match fs::read_dir(out) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(PhantomError::OutputExists {
+                    path: out.to_path_buf(),
+                });
+            }
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(_) if out.exists() => {
+            return Err(PhantomError::OutputExists {
+                path: out.to_path_buf(),
+            });
+        }
+        Err(e) => return Err(io(out)(e)),
+    };
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "cohort".into());
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).map_err(io(&parent))?;
+    let tmp = TempDir {
+        path: parent.join(format!(".{name}.partial-{}", std::process::id())),
+        keep: false,
+    };
+    if tmp.path.exists() {
+        fs::remove_dir_all(&tmp.path).map_err(io(&tmp.path))?;
+    }
+    let images = tmp.path.join("imagesTr");
+    let labels = tmp.path.join("labelsTr");
+    fs::create_dir_all(&images).map_err(io(&images))?;
+    fs::create_dir_all(&labels).map_err(io(&labels))?;
+
+    let cases = (0..cfg.cases)
+        .into_par_iter()
+        .map(|i| {
+            let case = build_case(cfg, i);
+            write_i16(
+                &case.image,
+                &images.join(format!("{}_0000.nii.gz", case.id)),
+            )?;
+            write_u8(&case.label, &labels.join(format!("{}.nii.gz", case.id)))?;
+            Ok(case.meta)
+        })
+        .collect::<Result<Vec<CaseMeta>, PhantomError>>()?;
+
+    let [sx, sy, sz] = xyz(cfg.spacing);
+    let [nx, ny, nz] = xyz(cfg.shape);
+    let what = match cfg.cohort {
+        super::Cohort::Tbi => "traumatic brain injury",
+        super::Cohort::Sah => "aneurysmal subarachnoid haemorrhage",
+    };
+    let dataset = serde_json::json!({
+        "name": format!("ranksweep-phantom-{}", cfg.cohort),
+        "description": format!(
+            "ranksweep synthetic head-CT phantoms, cohort {} ({what}), seed {}, {} cases, grid {nx}x{ny}x{nz} at {sx}x{sy}x{sz} mm",
+            cfg.cohort, cfg.seed, cfg.cases
+        ),
+        "reference": "synthetic; see phantom.json for per-case metadata",
+        "licence": "CC0-1.0",
+        "channel_names": { "0": "CT" },
+        "labels": { "background": 0, "blood": 1 },
+        "numTraining": cfg.cases,
+        "file_ending": ".nii.gz",
+    });
+    write_json(&tmp.path.join("dataset.json"), &dataset)?;
+    let meta = CohortMeta {
+        generator: format!("ranksweep {}", env!("CARGO_PKG_VERSION")),
+        cohort: cfg.cohort,
+        seed: cfg.seed,
+        shape_xyz: xyz(cfg.shape),
+        spacing_xyz_mm: xyz(cfg.spacing),
+        strata_ml: STRATA_ML.to_vec(),
+        cases: cases.clone(),
+    };
+    write_json(&tmp.path.join("phantom.json"), &meta)?;
+
+    if out_is_empty_dir {
+        fs::remove_dir(out).map_err(io(out))?;
+    }
+    fs::rename(&tmp.path, out).map_err(io(out))?;
+    let mut tmp = tmp;
+    tmp.keep = true;
+    Ok(CohortSummary {
+        dir: out.to_path_buf(),
+        cases,
+    })
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), PhantomError> {
+    let mut text = serde_json::to_string_pretty(value).map_err(|source| PhantomError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.push('\n');
+    fs::write(path, text).map_err(io(path))
+}
