@@ -20,3 +20,4 @@ pub mod slurm;
 pub mod store;
 pub mod sweep;
 pub mod train;
+pub mod version;

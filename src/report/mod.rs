@@ -16,6 +16,7 @@
 
 pub mod charts;
 pub mod compare;
+pub mod from_store;
 mod error;
 pub mod input;
 pub mod render;

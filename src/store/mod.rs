@@ -82,11 +82,11 @@ pub struct RunId(pub i64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AttemptId(pub i64);
 
-/// The training stage of a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Stage {
-    Pretrain,
-    Finetune,
+/// The stage of a job: the job file's own type.
+pub use crate::train::job::Stage;
+
+fn parse_stage(s: &str) -> Option<Stage> {
+    [Stage::Pretrain, Stage::Finetune, Stage::Evaluate].into_iter().find(|st| st.name() == s)
 }
 
 /// Where a job stands.
@@ -130,7 +130,6 @@ macro_rules! text_enum {
     };
 }
 
-text_enum!(Stage { Pretrain = "pretrain", Finetune = "finetune" });
 text_enum!(JobStatus { Pending = "pending", Running = "running", Done = "done", Failed = "failed" });
 text_enum!(ExitClass {
     Ok = "ok",
@@ -143,6 +142,21 @@ text_enum!(ExitClass {
 });
 
 /// A planned job, as the planner hands it to [`Store::upsert_jobs`].
+impl From<crate::train::protocol::ExitClass> for ExitClass {
+    /// The worker's classes; `lost` exists only here (a lease whose owner died).
+    fn from(c: crate::train::protocol::ExitClass) -> Self {
+        use crate::train::protocol::ExitClass as W;
+        match c {
+            W::Ok => ExitClass::Ok,
+            W::Failed => ExitClass::Failed,
+            W::Nan => ExitClass::Nan,
+            W::Oom => ExitClass::Oom,
+            W::Timeout => ExitClass::Timeout,
+            W::Interrupted => ExitClass::Interrupted,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewJob {
     /// The planner's stable hash; unique within the sweep.
@@ -626,7 +640,7 @@ impl Store {
                                 sweep.0,
                                 j.key,
                                 j.cell.as_ref().map(|c| c.as_str()),
-                                j.stage.as_str(),
+                                j.stage.name(),
                                 j.kind.map(|k| k.name()),
                                 j.selector,
                                 j.rank.map(|r| r as i64),
@@ -748,7 +762,7 @@ impl Store {
             None => None,
             Some(c) => Some(CellId::from_hex(&c).ok_or_else(|| self.corrupt("jobs.cell_id", &c))?),
         };
-        let stage = Stage::parse(&stage).ok_or_else(|| self.corrupt("jobs.stage", &stage))?;
+        let stage = parse_stage(&stage).ok_or_else(|| self.corrupt("jobs.stage", &stage))?;
         let kind = match kind {
             None => None,
             Some(k) => Some(

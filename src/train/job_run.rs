@@ -56,8 +56,6 @@ pub const METRICS_FILE: &str = "metrics.csv";
 /// Predicted masks, `<case>.nii.gz`.
 pub const PRED_DIR: &str = "pred";
 
-/// The code that produced a result.
-pub const CODE_VERSION: &str = concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION"));
 
 /// Which cases a job used.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -334,7 +332,7 @@ impl<'a> Runner<'a> {
             protocol: PROTOCOL_VERSION,
             class: ExitClass::Ok,
             stage: job.stage,
-            code_version: CODE_VERSION.to_string(),
+            code_version: crate::version::code_fingerprint(),
             seed: job.seed,
             device: job.device.to_string(),
             threads: rayon::current_num_threads(),
