@@ -1,6 +1,7 @@
 //! Cross-module tests, one binary (each tests/*.rs file would be another slow link with candle).
 
 mod data;
+mod exec;
 mod metrics;
 mod model;
 mod util;

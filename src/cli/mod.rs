@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 pub mod adapt_args;
 pub mod bench;
 pub mod eval;
+pub mod exec;
 pub mod inspect;
 pub mod model;
 
@@ -39,6 +40,8 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Show what a NIfTI file or a dataset folder holds.
     Inspect(inspect::InspectArgs),
+    /// Run a JSON list of prepared jobs as worker processes on device slots.
+    Exec(exec::ExecArgs),
 }
 
 /// Parses the command line, runs the subcommand and maps errors to the documented exit codes.
@@ -50,6 +53,7 @@ pub fn main() -> ExitCode {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Eval(args) => eval::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Exec(args) => exec::run(args),
     };
     match result {
         Ok(code) => code,

@@ -76,7 +76,8 @@ impl ExitClass {
 
 impl std::fmt::Display for ExitClass {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        // `pad`, so that `{:<8}` aligns report columns.
+        f.pad(self.name())
     }
 }
 

@@ -33,6 +33,16 @@ pub enum ExecError {
     /// A lease file that exists but is not a lease.
     #[error("lease file {}: {reason}", path.display())]
     InvalidLease { path: PathBuf, reason: String },
+    /// The async runtime or the signal handler could not be set up.
+    #[error("cannot start {what}: {source}")]
+    Start {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A jobs file that is not a JSON list of jobs.
+    #[error("jobs file {}: {reason}", path.display())]
+    InvalidJobs { path: PathBuf, reason: String },
     /// Reading or writing a job's folder, log or lease failed.
     #[error("{}: {source}", path.display())]
     Io {

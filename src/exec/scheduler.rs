@@ -159,7 +159,11 @@ pub async fn run(
     let dependents = dependents(&jobs, &index);
     let host = this_host();
     let signals = if config.handle_signals {
-        Some(spawn_signal_handler(config.cancel.clone()).map_err(ExecError::io("SIGINT handler"))?)
+        let handler = spawn_signal_handler(config.cancel.clone());
+        Some(handler.map_err(|source| ExecError::Start {
+            what: "the Ctrl-C handler",
+            source,
+        })?)
     } else {
         None
     };
@@ -342,6 +346,54 @@ pub async fn run(
         summary: summary.clone(),
     });
     Ok(summary)
+}
+
+/// [`run`] for synchronous callers (the CLI): a tokio runtime of its own, and `on_event` called
+/// on this thread for every event, in order, until the run ends.
+pub fn run_blocking(
+    jobs: Vec<ExecJob>,
+    config: RunConfig,
+    mut on_event: impl FnMut(&SweepEvent),
+) -> Result<RunSummary, ExecError> {
+    // Supervisors wait on pipes and timers; two threads are plenty for any pool.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|source| ExecError::Start {
+            what: "the async runtime",
+            source,
+        })?;
+    runtime.block_on(async move {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let runner = tokio::spawn(run(jobs, config, tx));
+        while let Some(event) = rx.recv().await {
+            on_event(&event);
+        }
+        match runner.await {
+            Ok(result) => result,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    })
+}
+
+/// Reads a jobs file: a JSON list of [`ExecJob`]s. Relative `job_file` and `dir` paths are
+/// taken relative to the file's folder.
+pub fn read_jobs(path: &std::path::Path) -> Result<Vec<ExecJob>, ExecError> {
+    let text = std::fs::read_to_string(path).map_err(ExecError::io(path))?;
+    let mut jobs: Vec<ExecJob> =
+        serde_json::from_str(&text).map_err(|e| ExecError::InvalidJobs {
+            path: path.to_path_buf(),
+            reason: format!(
+                "expected a JSON list of {{id, deps, job_file, dir, needs_gpu, label}}: {e}"
+            ),
+        })?;
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    for job in &mut jobs {
+        job.job_file = base.join(&job.job_file);
+        job.dir = base.join(&job.dir);
+    }
+    Ok(jobs)
 }
 
 fn finish(

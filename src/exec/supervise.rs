@@ -172,6 +172,18 @@ async fn supervise(
         started,
     });
 
+    // Every stdout line goes to the log; the protocol's JSON lines also become progress.
+    let mut on_line = |bytes: &[u8]| {
+        let _ = log.write_all(bytes).and_then(|()| log.write_all(b"\n"));
+        if let Some(progress) = Progress::parse(&String::from_utf8_lossy(bytes)) {
+            let _ = events.send(SweepEvent::Progress {
+                job: job.id.clone(),
+                slot: slot.index,
+                attempt,
+                progress,
+            });
+        }
+    };
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
     let t0 = Instant::now();
     let wall_deadline = limits.timeout.map_or(far, |t| t0 + t);
@@ -196,16 +208,7 @@ async fn supervise(
             line = lines.next_segment(), if stdout_open => match line {
                 Ok(Some(bytes)) => {
                     last_line = Instant::now();
-                    let _ = log.write_all(&bytes).and_then(|()| log.write_all(b"\n"));
-                    let text = String::from_utf8_lossy(&bytes);
-                    if let Some(progress) = Progress::parse(&text) {
-                        let _ = events.send(SweepEvent::Progress {
-                            job: job.id.clone(),
-                            slot: slot.index,
-                            attempt,
-                            progress,
-                        });
-                    }
+                    on_line(&bytes);
                 }
                 Ok(None) | Err(_) => stdout_open = false,
             },
@@ -243,7 +246,7 @@ async fn supervise(
     if stdout_open {
         let drain = async {
             while let Ok(Some(bytes)) = lines.next_segment().await {
-                let _ = log.write_all(&bytes).and_then(|()| log.write_all(b"\n"));
+                on_line(&bytes);
             }
         };
         let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
