@@ -388,8 +388,9 @@ async fn cpu_workers_see_no_gpu() {
 async fn a_silent_worker_is_killed_by_the_watchdog_with_its_group() {
     let fx = Fixture::new();
     let mut config = fx.config(&[Device::Cpu], 2);
-    config.watchdog = Some(Duration::from_millis(300));
-    config.timeout = Some(Duration::from_millis(800));
+    // The chatty worker prints every 50 ms, so it outlives the watchdog; the silent one not.
+    config.watchdog = Some(Duration::from_millis(1000));
+    config.timeout = Some(Duration::from_millis(1500));
     let t0 = Instant::now();
     let jobs = vec![fx.job("hang", "hang", &[]), fx.job("chatty", "chatty", &[])];
     let (summary, events) = run_all(jobs, config).await;
@@ -398,7 +399,7 @@ async fn a_silent_worker_is_killed_by_the_watchdog_with_its_group() {
         summary.status("hang"),
         Some(&finished(ExitClass::Timeout, 1))
     );
-    assert_eq!(detail(&events, "hang"), "printed no progress line for 0.3s");
+    assert_eq!(detail(&events, "hang"), "printed no progress line for 1s");
     // The chatty worker prints every 50 ms: only the wall clock stops it.
     assert_eq!(
         summary.status("chatty"),
@@ -406,7 +407,7 @@ async fn a_silent_worker_is_killed_by_the_watchdog_with_its_group() {
     );
     assert_eq!(
         detail(&events, "chatty"),
-        "ran past the wall-clock limit of 0.8s"
+        "ran past the wall-clock limit of 1.5s"
     );
     // The background `sleep 30` of the hung worker died with its process group.
     let grandchild: u32 = fx.read("hang", "grandchild").trim().parse().unwrap();
@@ -420,7 +421,8 @@ async fn a_silent_worker_is_killed_by_the_watchdog_with_its_group() {
 async fn a_worker_that_ignores_sigterm_is_killed_after_the_grace_period() {
     let fx = Fixture::new();
     let mut config = fx.config(&[Device::Cpu], 1);
-    config.timeout = Some(Duration::from_millis(300));
+    // Long enough for bash to reach its `trap` even on a loaded machine.
+    config.timeout = Some(Duration::from_millis(600));
     config.grace = Duration::from_millis(300);
     config.retries = 1;
     let t0 = Instant::now();

@@ -18,7 +18,6 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::error::ExecError;
-use super::event::unix_s;
 
 /// The lease file's name inside a job's folder.
 pub const LEASE_FILE: &str = "lease.json";
@@ -36,7 +35,8 @@ pub struct Lease {
     /// The worker's pid (and process group), once started.
     pub worker_pid: Option<u32>,
     pub attempt: u32,
-    pub started_unix_s: f64,
+    /// Milliseconds since the Unix epoch (an integer, so a lease reads back exactly).
+    pub started_unix_ms: u64,
 }
 
 /// What [`reclaim_stale`] found.
@@ -97,7 +97,9 @@ impl Lease {
             owner_start: process_start(pid),
             worker_pid: None,
             attempt,
-            started_unix_s: unix_s(SystemTime::now()),
+            started_unix_ms: SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         }
     }
 
