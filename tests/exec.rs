@@ -601,6 +601,7 @@ fn exec_cmd(fx: &Fixture, jobs: &Path, extra: &[&str]) -> Command {
         .arg("/bin/bash")
         .arg("--worker-arg")
         .arg(&fx.script)
+        .arg("--pass-device")
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -736,4 +737,45 @@ fn a_second_ctrl_c_kills_workers_that_ignore_sigterm() {
     assert!(stderr.contains("cancelling: killing workers"), "{stderr}");
     let pid: u32 = fx.read("s", "pids").trim().parse().unwrap();
     assert!(!pid_alive(pid));
+}
+
+/// The default worker is the real `ranksweep worker`: a job whose dataset is missing fails with
+/// its class, its error in the stderr log and the protocol's `end` line in the stdout log.
+#[test]
+fn the_exec_command_runs_the_real_worker_by_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("jobs/pre");
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = tmp.path().join("no-such-cohort");
+    std::fs::write(
+        dir.join("job.yaml"),
+        format!(
+            "stage: pretrain\ndata: {{dataset: {}}}\noutput: {}\n",
+            missing.display(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let jobs = serde_json::json!([
+        {"id": "pre", "job_file": "jobs/pre/job.yaml", "dir": "jobs/pre", "label": "pretrain"},
+        {"id": "ft", "deps": ["pre"], "job_file": "jobs/ft/job.yaml", "dir": "jobs/ft"},
+    ]);
+    let path = tmp.path().join("jobs.json");
+    std::fs::write(&path, jobs.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ranksweep"))
+        .args(["exec", path.to_str().unwrap(), "--threads-per-job", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("failed   pretrain: exit code 1 (failed)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("blocked (by pre) ft"), "{stderr}");
+    let err_log = std::fs::read_to_string(dir.join("attempt-1.stderr.log")).unwrap();
+    assert!(err_log.contains(missing.to_str().unwrap()), "{err_log}");
+    let log = std::fs::read_to_string(dir.join("attempt-1.log")).unwrap();
+    assert!(log.contains(r#""event":"end","class":"failed""#), "{log}");
+    assert!(!dir.join("lease.json").exists());
 }

@@ -2,6 +2,7 @@
 
 mod data;
 mod exec;
+mod job;
 mod metrics;
 mod model;
 mod util;

@@ -48,9 +48,10 @@ pub struct ExecArgs {
     /// Arguments for `--worker` before the job file (repeat the flag for several).
     #[arg(long = "worker-arg", requires = "worker", allow_hyphen_values = true)]
     pub worker_args: Vec<String>,
-    /// Do not append `--device DEVICE` after the job file (the device is in RANKSWEEP_DEVICE).
+    /// Append `--device DEVICE` after the job file (`cuda:0` on a pinned GPU, or `cpu`); the
+    /// device is in RANKSWEEP_DEVICE either way.
     #[arg(long)]
-    pub no_device_flag: bool,
+    pub pass_device: bool,
     /// Print every event as a JSON line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -71,12 +72,12 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         Some(program) => WorkerCommand {
             program,
             args_before_job_file: args.worker_args,
-            device_flag: Some("--device".into()),
+            device_flag: None,
         },
         None => WorkerCommand::current_exe().context("cannot find this executable")?,
     };
-    if args.no_device_flag {
-        worker.device_flag = None;
+    if args.pass_device {
+        worker.device_flag = Some("--device".into());
     }
     let mut config = RunConfig::new(
         SlotConfig {

@@ -8,6 +8,9 @@
 //! | 0 | success |
 //! | 1 | the command ran and found something wrong (a regression, failed jobs) |
 //! | 2 | usage or input error: bad arguments, unreadable or invalid files |
+//!
+//! `worker` and `train` exit with the job's class instead (`train::protocol::ExitClass`):
+//! 0 ok, 1 failed, 3 nan, 4 oom, 5 timeout, 6 interrupted.
 
 use std::process::ExitCode;
 
@@ -19,6 +22,9 @@ pub mod eval;
 pub mod exec;
 pub mod inspect;
 pub mod model;
+pub mod predict;
+pub mod train;
+pub mod worker;
 
 /// Exit code for usage and input errors.
 pub const EXIT_USAGE: u8 = 2;
@@ -42,6 +48,13 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Run a JSON list of prepared jobs as worker processes on device slots.
     Exec(exec::ExecArgs),
+    /// Run one job file for a machine: JSON progress lines, exit code = class (0 ok, 1 failed,
+    /// 3 nan, 4 oom, 5 timeout, 6 interrupted).
+    Worker(worker::WorkerArgs),
+    /// Run one job file for a person: a progress bar and a summary table.
+    Train(train::TrainArgs),
+    /// Predict one scan with a base checkpoint (and adapter) per view.
+    Predict(predict::PredictArgs),
 }
 
 /// Parses the command line, runs the subcommand and maps errors to the documented exit codes.
@@ -54,6 +67,9 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Exec(args) => exec::run(args),
+        Command::Worker(args) => worker::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Predict(args) => predict::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,84 +1,25 @@
-//! How a worker attempt ended: the exit-code table and the one place that maps a process exit
-//! (code, signal, our own kill, the `result.json` sentinel) to an [`ExitClass`].
+//! How a worker attempt ended: the one place that maps a process exit (code, signal, our own
+//! kill, the `result.json` sentinel) to an [`ExitClass`], and which classes are retried.
 //!
-//! The codes mirror the worker protocol (`train::protocol::ExitClass` on the `job` branch:
-//! ok 0, failed 1, nan 3, oom 4, timeout 5, interrupted 6; code 2 stays clap's usage error).
-//! The scheduler depends only on these codes, never on the worker's types, so any program that
-//! keeps the table can be a worker. When both types live on one branch, this enum can become a
-//! re-export of the protocol's; `codes_match_the_worker_protocol` pins the table meanwhile.
+//! The exit-code table itself is the worker protocol's ([`crate::train::protocol::ExitClass`]:
+//! ok 0, failed 1, nan 3, oom 4, timeout 5, interrupted 6; code 2 stays clap's usage error). The
+//! scheduler depends only on those codes, never on the worker's other types, so any program
+//! that keeps the table can be a worker (the tests use a bash script).
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The class of one attempt (and the final class of a job: that of its last attempt).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ExitClass {
-    Ok,
-    Failed,
-    Nan,
-    Oom,
-    Timeout,
-    Interrupted,
-}
+pub use crate::train::protocol::ExitClass;
 
-impl ExitClass {
-    pub const ALL: [ExitClass; 6] = [
-        ExitClass::Ok,
-        ExitClass::Failed,
-        ExitClass::Nan,
-        ExitClass::Oom,
-        ExitClass::Timeout,
-        ExitClass::Interrupted,
-    ];
-
-    /// The worker's process exit code for this class.
-    pub fn code(self) -> u8 {
-        match self {
-            ExitClass::Ok => 0,
-            ExitClass::Failed => 1,
-            ExitClass::Nan => 3,
-            ExitClass::Oom => 4,
-            ExitClass::Timeout => 5,
-            ExitClass::Interrupted => 6,
-        }
-    }
-
-    /// The class of a worker exit code; `None` for a code no worker gives (a panic's 101, 2).
-    pub fn from_code(code: i32) -> Option<ExitClass> {
-        ExitClass::ALL
-            .into_iter()
-            .find(|c| i32::from(c.code()) == code)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ExitClass::Ok => "ok",
-            ExitClass::Failed => "failed",
-            ExitClass::Nan => "nan",
-            ExitClass::Oom => "oom",
-            ExitClass::Timeout => "timeout",
-            ExitClass::Interrupted => "interrupted",
-        }
-    }
-
-    /// Whether another attempt may succeed: out of memory (another slot, less contention), a
-    /// timeout (a slow or stuck device) and an interruption from outside. A failure or a NaN
-    /// loss is deterministic for a job, so running it again only wastes a slot.
-    pub fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            ExitClass::Oom | ExitClass::Timeout | ExitClass::Interrupted
-        )
-    }
-}
-
-impl std::fmt::Display for ExitClass {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // `pad`, so that `{:<8}` aligns report columns.
-        f.pad(self.name())
-    }
+/// Whether another attempt may succeed: out of memory (another slot, less contention), a
+/// timeout (a slow or stuck device) and an interruption from outside. A failure or a NaN loss
+/// is deterministic for a job, so running it again only wastes a slot.
+pub fn is_retryable(class: ExitClass) -> bool {
+    matches!(
+        class,
+        ExitClass::Oom | ExitClass::Timeout | ExitClass::Interrupted
+    )
 }
 
 /// Which limit a timed-out attempt ran into (nextest types its timeouts the same way).
@@ -186,7 +127,7 @@ mod tests {
         }
     }
 
-    /// The worker protocol's table (train::protocol on the `job` branch), written out.
+    /// The table the scheduler relies on, written out: a change in the protocol breaks here.
     #[test]
     fn codes_match_the_worker_protocol() {
         let table = [
@@ -200,8 +141,6 @@ mod tests {
         for (class, (name, code)) in ExitClass::ALL.into_iter().zip(table) {
             assert_eq!((class.name(), class.code()), (name, code));
             assert_eq!(ExitClass::from_code(code.into()), Some(class));
-            let json = serde_json::to_string(&class).unwrap();
-            assert_eq!(json, format!("\"{name}\""));
         }
         assert_eq!(ExitClass::from_code(2), None, "2 is clap's usage error");
         assert_eq!(ExitClass::from_code(101), None);
@@ -211,7 +150,7 @@ mod tests {
     fn only_oom_timeout_and_interrupted_are_retried() {
         let retried: Vec<_> = ExitClass::ALL
             .into_iter()
-            .filter(|c| c.is_retryable())
+            .filter(|&c| is_retryable(c))
             .collect();
         assert_eq!(
             retried,

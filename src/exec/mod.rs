@@ -34,7 +34,7 @@ pub mod scheduler;
 pub mod signal;
 mod supervise;
 
-pub use class::{ExitClass, TimeoutKind};
+pub use class::{ExitClass, TimeoutKind, is_retryable};
 pub use device::{Device, Slot, SlotConfig, SlotPool, parse_devices};
 pub use error::ExecError;
 pub use event::{CancelReason, JobStatus, Progress, RunSummary, SweepEvent};

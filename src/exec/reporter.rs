@@ -178,7 +178,7 @@ impl Reporter {
                 ..
             } => {
                 let label = if label.is_empty() { job } else { label };
-                let mut line = format!("{class:<8} {}", attempt_label(label, *attempt));
+                let mut line = format!("{:<8} {}", class.name(), attempt_label(label, *attempt));
                 if let Some(d) = detail {
                     line.push_str(&format!(": {d}"));
                 }

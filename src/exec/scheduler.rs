@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::class::ExitClass;
+use super::class::{ExitClass, is_retryable};
 use super::device::{Slot, SlotConfig, SlotPool};
 use super::error::ExecError;
 use super::event::{CancelReason, JobStatus, RunSummary, SweepEvent};
@@ -56,12 +56,14 @@ pub struct WorkerCommand {
 }
 
 impl WorkerCommand {
-    /// `<this executable> worker JOB_FILE --device DEVICE`.
+    /// `<this executable> worker JOB_FILE`. `ranksweep worker` reads its device from the job
+    /// file (which, under the slot's pinning, must name `cuda:0` for a GPU job) and takes no
+    /// `--device` flag, so none is passed; set `device_flag` for a worker that does.
     pub fn current_exe() -> std::io::Result<Self> {
         Ok(WorkerCommand {
             program: std::env::current_exe()?,
             args_before_job_file: vec!["worker".into()],
-            device_flag: Some("--device".into()),
+            device_flag: None,
         })
     }
 
@@ -269,7 +271,7 @@ pub async fn run(
                 let job = &jobs[finished.job];
                 pool.release(finished.slot.index, &job.id);
                 let class = finished.report.class;
-                let retry = class.is_retryable()
+                let retry = is_retryable(class)
                     && finished.attempt <= config.retries
                     && config.cancel.level().is_none();
                 send(SweepEvent::AttemptFinished {
@@ -653,5 +655,6 @@ mod tests {
         assert_eq!(env["RAYON_NUM_THREADS"].as_deref(), Some("2"));
         let me = WorkerCommand::current_exe().unwrap();
         assert_eq!(me.args_before_job_file, ["worker"]);
+        assert_eq!(me.device_flag, None, "`ranksweep worker` takes no --device");
     }
 }
