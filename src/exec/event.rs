@@ -123,8 +123,9 @@ pub enum SweepEvent {
         attempt: u32,
         progress: Progress,
     },
-    /// An attempt ended. Every attempt gets exactly one of these (with `pid: None` when the
-    /// worker could not be started); `retry` says whether the job goes back into the queue.
+    /// An attempt ended. Every attempt gets exactly one of these, also one whose worker could
+    /// not be started (no `AttemptStarted` then; `detail` says why); `retry` says whether the
+    /// job goes back into the queue.
     AttemptFinished {
         job: String,
         label: String,
