@@ -94,11 +94,8 @@ impl Reporter {
                             .iter()
                             .map(|s| {
                                 let bar = multi.add(ProgressBar::new(0));
-                                bar.set_style(style(
-                                    "{prefix:>12} [{bar:30}] {pos}/{len} {wide_msg}",
-                                ));
                                 bar.set_prefix(format!("{} #{}", s.device, s.index));
-                                bar.set_message("idle");
+                                set_idle(&bar);
                                 bar
                             })
                             .collect();
@@ -130,6 +127,7 @@ impl Reporter {
                         if let Some(bar) = slots.get(*slot) {
                             bar.reset();
                             bar.set_length(0);
+                            bar.set_style(style(SLOT_BUSY));
                             bar.set_message(attempt_label(label, *attempt));
                         }
                     }
@@ -188,9 +186,7 @@ impl Reporter {
                 match &mut self.out {
                     Output::Bars { multi, slots, .. } => {
                         if let Some(bar) = slots.get(*slot) {
-                            bar.reset();
-                            bar.set_length(0);
-                            bar.set_message("idle");
+                            set_idle(bar);
                         }
                         // Successes show in the overall bar; only problems get a line.
                         if *class != ExitClass::Ok {
@@ -272,6 +268,18 @@ impl Reporter {
             }
         }
     }
+}
+
+/// A slot running a job: its steps as a bar.
+const SLOT_BUSY: &str = "{prefix:>12} [{bar:30}] {pos}/{len} {wide_msg}";
+/// A free slot: no bar (an empty one would draw as full).
+const SLOT_IDLE: &str = "{prefix:>12} {wide_msg}";
+
+fn set_idle(bar: &ProgressBar) {
+    bar.reset();
+    bar.set_length(0);
+    bar.set_style(style(SLOT_IDLE));
+    bar.set_message("idle");
 }
 
 fn style(template: &str) -> ProgressStyle {
