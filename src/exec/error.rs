@@ -21,6 +21,13 @@ pub enum ExecError {
     /// Two jobs share an id.
     #[error("job `{id}` is listed twice; job ids must be unique")]
     DuplicateJob { id: String },
+    /// Two jobs share a folder: they would overwrite each other's result, logs and lease.
+    #[error("jobs `{first}` and `{second}` share the folder {}; each job needs its own", dir.display())]
+    SharedDir {
+        first: String,
+        second: String,
+        dir: PathBuf,
+    },
     /// A dependency that is not in the job list.
     #[error("job `{job}` depends on `{dep}`, which is not in the job list")]
     UnknownDependency { job: String, dep: String },

@@ -443,7 +443,15 @@ fn validate<'a>(
             return Err(ExecError::DuplicateJob { id: job.id.clone() });
         }
     }
+    let mut dirs: HashMap<&std::path::Path, &str> = HashMap::new();
     for job in jobs {
+        if let Some(first) = dirs.insert(job.dir.as_path(), job.id.as_str()) {
+            return Err(ExecError::SharedDir {
+                first: first.to_string(),
+                second: job.id.clone(),
+                dir: job.dir.clone(),
+            });
+        }
         if let Some(dep) = job.deps.iter().find(|d| !index.contains_key(d.as_str())) {
             return Err(ExecError::UnknownDependency {
                 job: job.id.clone(),
@@ -574,6 +582,13 @@ mod tests {
             "jobs depend on each other in a cycle: a -> c -> b -> a"
         );
         assert!(check(&[job("self", &["self"])], cpu()).is_err());
+        let mut twin = job("b", &[]);
+        twin.dir = "jobs/a".into();
+        let e = check(&[job("a", &[]), twin], cpu()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "jobs `a` and `b` share the folder jobs/a; each job needs its own"
+        );
         let mut gpu = job("g", &[]);
         gpu.needs_gpu = true;
         let e = check(std::slice::from_ref(&gpu), vec![Device::Cpu]).unwrap_err();
