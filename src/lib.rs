@@ -9,9 +9,12 @@
 //! - `train`, `sweep`, `store`, `report`; `exec` and `cli` on top;
 //! - [`slurm`]: SLURM job arrays (sbatch scripts, manifests, squeue/scontrol parsers), to move
 //!   under `exec`.
+//! - `train`, `sweep`, `store`, `report`; [`exec`] (the scheduler of worker processes) and
+//!   `cli` on top.
 
 pub mod cli;
 pub mod data;
+pub mod exec;
 pub mod metrics;
 pub mod model;
 pub mod nn;

@@ -1,6 +1,7 @@
 //! Cross-module tests, one binary (each tests/*.rs file would be another slow link with candle).
 
 mod data;
+mod exec;
 mod job;
 mod metrics;
 mod model;

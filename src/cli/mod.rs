@@ -20,6 +20,7 @@ pub mod adapt_args;
 pub mod bench;
 pub mod compare;
 pub mod eval;
+pub mod exec;
 pub mod inspect;
 pub mod model;
 pub mod predict;
@@ -43,6 +44,12 @@ pub enum Command {
     Model(model::ModelCmd),
     /// Benchmarks (figures, not tests).
     Bench(bench::BenchCmd),
+    /// Score predicted masks against annotations: Dice, HD95, volumes, strata, agreement.
+    Eval(eval::EvalArgs),
+    /// Show what a NIfTI file or a dataset folder holds.
+    Inspect(inspect::InspectArgs),
+    /// Run a JSON list of prepared jobs as worker processes on device slots.
+    Exec(exec::ExecArgs),
     /// Run one job file for a machine: JSON progress lines, exit code = class (0 ok, 1 failed,
     /// 3 nan, 4 oom, 5 timeout, 6 interrupted).
     Worker(worker::WorkerArgs),
@@ -50,10 +57,6 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Predict one scan with a base checkpoint (and adapter) per view.
     Predict(predict::PredictArgs),
-    /// Score predicted masks against annotations: Dice, HD95, volumes, strata, agreement.
-    Eval(eval::EvalArgs),
-    /// Show what a NIfTI file or a dataset folder holds.
-    Inspect(inspect::InspectArgs),
     /// Write a sweep's report (tables, charts, CSV, LaTeX) from a ReportInput JSON file.
     Report(report::ReportArgs),
     /// Compare two sweeps cell by cell; exit 1 on a regression.
@@ -74,6 +77,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Report(args) => report::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::Exec(args) => exec::run(args),
     };
     match result {
         Ok(code) => code,

@@ -20,12 +20,17 @@ pub enum FromStoreError {
 
 /// Parameters of the full (base) model of a config.
 pub fn base_param_count(cfg: &UnetConfig) -> u64 {
-    base_shapes(cfg).iter().map(|(_, s)| s.iter().product::<usize>() as u64).sum()
+    base_shapes(cfg)
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>() as u64)
+        .sum()
 }
 
 /// Builds the report input of sweep `name` from the store.
 pub fn load_input(store: &Store, name: &str) -> Result<ReportInput, FromStoreError> {
-    let sweep = store.sweep_id(name)?.ok_or_else(|| FromStoreError::UnknownSweep(name.to_string()))?;
+    let sweep = store
+        .sweep_id(name)?
+        .ok_or_else(|| FromStoreError::UnknownSweep(name.to_string()))?;
     let jobs = store.jobs(sweep)?;
     let mut by_cell: BTreeMap<String, Vec<&JobRecord>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
@@ -41,8 +46,11 @@ pub fn load_input(store: &Store, name: &str) -> Result<ReportInput, FromStoreErr
     for id in order {
         let jobs = &by_cell[&id];
         let first = jobs[0];
-        let config: JobConfig = serde_json::from_str(&first.config_json)
-            .map_err(|e| FromStoreError::Config { key: first.key.clone(), message: e.to_string() })?;
+        let config: JobConfig =
+            serde_json::from_str(&first.config_json).map_err(|e| FromStoreError::Config {
+                key: first.key.clone(),
+                message: e.to_string(),
+            })?;
         let seeds: std::collections::BTreeSet<u64> = jobs.iter().map(|j| j.seed).collect();
         let mut cell = CellResult {
             kind: config.adaptation.kind,
@@ -67,12 +75,20 @@ pub fn load_input(store: &Store, name: &str) -> Result<ReportInput, FromStoreErr
                 continue;
             }
             let fold = j.fold.unwrap_or(0) as u32;
-            if let Some(p) = store.param_counts(sweep, &j.key)?.into_iter().find(|p| p.scope == "job") {
+            if let Some(p) = store
+                .param_counts(sweep, &j.key)?
+                .into_iter()
+                .find(|p| p.scope == "job")
+            {
                 cell.trainable_params = p.trainable;
             }
             for m in store.case_metrics(sweep, &j.key)? {
                 // Several seeds test the same case: keep each replicate distinct.
-                let case = if seeds.len() > 1 { format!("{}@seed{}", m.case_id, j.seed) } else { m.case_id };
+                let case = if seeds.len() > 1 {
+                    format!("{}@seed{}", m.case_id, j.seed)
+                } else {
+                    m.case_id
+                };
                 cell.cases.push(CaseResult {
                     case,
                     fold,
@@ -88,7 +104,12 @@ pub fn load_input(store: &Store, name: &str) -> Result<ReportInput, FromStoreErr
             let points: Vec<LossPoint> = store
                 .epochs(sweep, &j.key)?
                 .into_iter()
-                .filter_map(|e| e.loss.map(|loss| LossPoint { step: e.step as u64, loss }))
+                .filter_map(|e| {
+                    e.loss.map(|loss| LossPoint {
+                        step: e.step as u64,
+                        loss,
+                    })
+                })
                 .collect();
             if !points.is_empty() {
                 cell.loss_curves.push(LossCurve { fold, points });
@@ -96,5 +117,8 @@ pub fn load_input(store: &Store, name: &str) -> Result<ReportInput, FromStoreErr
         }
         cells.push(cell);
     }
-    Ok(ReportInput { sweep: name.to_string(), cells })
+    Ok(ReportInput {
+        sweep: name.to_string(),
+        cells,
+    })
 }

@@ -16,8 +16,8 @@
 
 pub mod charts;
 pub mod compare;
-pub mod from_store;
 mod error;
+pub mod from_store;
 pub mod input;
 pub mod render;
 pub mod table;

@@ -86,7 +86,9 @@ pub struct AttemptId(pub i64);
 pub use crate::train::job::Stage;
 
 fn parse_stage(s: &str) -> Option<Stage> {
-    [Stage::Pretrain, Stage::Finetune, Stage::Evaluate].into_iter().find(|st| st.name() == s)
+    [Stage::Pretrain, Stage::Finetune, Stage::Evaluate]
+        .into_iter()
+        .find(|st| st.name() == s)
 }
 
 /// Where a job stands.

@@ -70,7 +70,13 @@ fn labels(values: &Option<Vec<u32>>) -> LabelMap {
 }
 
 fn train_config(t: &TrainSettings) -> TrainConfig {
-    TrainConfig { steps: t.steps, batch_size: t.batch, selection: t.select, val_every: t.val_every, ..TrainConfig::default() }
+    TrainConfig {
+        steps: t.steps,
+        batch_size: t.batch,
+        selection: t.select,
+        val_every: t.val_every,
+        ..TrainConfig::default()
+    }
 }
 
 /// Hex SHA-256 (16 characters) of the config with its output folder blanked, plus fingerprints.
@@ -83,7 +89,10 @@ pub fn job_key(config: &JobConfig, fp: &Fingerprints) -> String {
         h.update(part.as_bytes());
         h.update([0]);
     }
-    h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Builds the plan. `results` is the results root (`results/` by default).
@@ -123,7 +132,9 @@ pub fn plan(spec: &Spec, fp: &Fingerprints, results: &Path) -> Plan {
             };
             let key = job_key(&config, fp);
             config.output = jobs_dir.join(&key);
-            let base_file = config.output.join(format!("base-{}.safetensors", view.name()));
+            let base_file = config
+                .output
+                .join(format!("base-{}.safetensors", view.name()));
             bases.insert((seed, view), (key.clone(), base_file));
             jobs.push(PlannedJob {
                 key,
@@ -142,11 +153,17 @@ pub fn plan(spec: &Spec, fp: &Fingerprints, results: &Path) -> Plan {
     for cell in &spec.cells {
         for fold in 0..spec.data.folds {
             for &seed in &spec.seeds {
-                jobs.push(cell_job(spec, cell, fold, seed, &bases, &splits, &jobs_dir, fp));
+                jobs.push(cell_job(
+                    spec, cell, fold, seed, &bases, &splits, &jobs_dir, fp,
+                ));
             }
         }
     }
-    Plan { sweep: spec.name.clone(), fingerprints: fp.clone(), jobs }
+    Plan {
+        sweep: spec.name.clone(),
+        fingerprints: fp.clone(),
+        jobs,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -167,7 +184,11 @@ fn cell_job(
         base.set(view, file.clone());
         needs.push(key.clone());
     }
-    let stage = if cell.adaptation.kind == AdaptationKind::None { Stage::Evaluate } else { Stage::Finetune };
+    let stage = if cell.adaptation.kind == AdaptationKind::None {
+        Stage::Evaluate
+    } else {
+        Stage::Finetune
+    };
     let mut config = JobConfig {
         stage,
         data: DataConfig {

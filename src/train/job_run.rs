@@ -56,7 +56,6 @@ pub const METRICS_FILE: &str = "metrics.csv";
 /// Predicted masks, `<case>.nii.gz`.
 pub const PRED_DIR: &str = "pred";
 
-
 /// Which cases a job used.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaseLists {
