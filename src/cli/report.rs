@@ -1,8 +1,6 @@
-//! `ranksweep report --input FILE.json --out DIR`: writes a sweep's report (tables, charts,
-//! CSV, LaTeX) and prints the main table.
-//!
-//! The input is a `report::ReportInput` as JSON; reading a sweep from the store
-//! (`ranksweep report SWEEP`) comes with the store. Exit 0 when written, 2 on bad input.
+//! `ranksweep report SWEEP` (from the database) or `ranksweep report --input FILE.json`:
+//! writes a sweep's report (tables, charts, CSV, LaTeX) and prints the main table.
+//! Exit 0 when written, 2 on bad input.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,13 +13,23 @@ use crate::report::{self, Format, ReportInput};
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
-    /// A `ReportInput` JSON file: `{"sweep": ..., "cells": [...]}`, one entry per cell with
-    /// its per-case results and loss curves.
+    /// The sweep's name, read from the database.
+    #[arg(required_unless_present = "input", conflicts_with = "input")]
+    pub sweep: Option<String>,
+    /// A `ReportInput` JSON file instead of the database: `{"sweep": ..., "cells": [...]}`,
+    /// one entry per cell with its per-case results and loss curves.
     #[arg(long)]
-    pub input: PathBuf,
+    pub input: Option<PathBuf>,
+    /// Results root (the database is `<results>/ranksweep.db` unless `--db` is given).
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    /// The SQLite database.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
     /// Output folder (created if missing): index.html, report.md, charts/, csv/, tex/.
+    /// Default: `<results>/<sweep>/report`.
     #[arg(long)]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
     /// Comma-separated formats among md, html, csv, tex.
     #[arg(long, default_value = "md,html,csv")]
     pub format: String,
@@ -36,8 +44,18 @@ pub struct ReportArgs {
 
 pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let formats = Format::parse_list(&args.format)?;
-    let input = ReportInput::from_json_file(&args.input)?;
-    let paths = report::write_report(&input, &args.out, &formats, &args.strata)?;
+    let input = match (&args.input, &args.sweep) {
+        (Some(file), _) => ReportInput::from_json_file(file)?,
+        (None, Some(name)) => {
+            let db = args.db.clone().unwrap_or_else(|| args.results.join("ranksweep.db"));
+            anyhow::ensure!(db.exists(), "{}: no database (run a sweep first, or pass --db)", db.display());
+            let store = crate::store::Store::open(&db)?;
+            report::from_store::load_input(&store, name)?
+        }
+        (None, None) => anyhow::bail!("give a sweep name or `--input FILE.json`"),
+    };
+    let out = args.out.clone().unwrap_or_else(|| args.results.join(&input.sweep).join("report"));
+    let paths = report::write_report(&input, &out, &formats, &args.strata)?;
     if !args.quiet {
         let text = format!(
             "{}wrote {}\n",

@@ -16,6 +16,10 @@ use crate::train::{Event, ExitClass, JobConfig, run_job};
 pub struct WorkerArgs {
     /// The job file (YAML or JSON). Relative paths in it are relative to its folder.
     pub job_file: PathBuf,
+    /// Run on this device instead of the job file's (`cpu`, `cuda:N`): the scheduler pins a
+    /// slot's GPU through CUDA_VISIBLE_DEVICES and passes `cuda:0`.
+    #[arg(long)]
+    pub device: Option<crate::nn::DeviceSpec>,
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
@@ -26,7 +30,14 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         let _ = writeln!(stdout, "{}", e.to_json_line());
         let _ = stdout.flush();
     };
+    let device = args.device;
     let outcome = JobConfig::from_file(&args.job_file)
+        .map(|mut job| {
+            if let Some(d) = device {
+                job.device = d;
+            }
+            job
+        })
         .and_then(|job| run_job(&job, stop, &mut emit).map(|_| job.output.join(RESULT_FILE)));
     match outcome {
         Ok(result) => {

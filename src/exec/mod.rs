@@ -32,6 +32,8 @@ pub mod lease;
 pub mod reporter;
 pub mod scheduler;
 pub mod signal;
+pub mod ingest;
+pub mod sweep_run;
 mod supervise;
 
 pub use class::{ExitClass, TimeoutKind, is_retryable};

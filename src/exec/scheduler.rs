@@ -56,14 +56,13 @@ pub struct WorkerCommand {
 }
 
 impl WorkerCommand {
-    /// `<this executable> worker JOB_FILE`. `ranksweep worker` reads its device from the job
-    /// file (which, under the slot's pinning, must name `cuda:0` for a GPU job) and takes no
-    /// `--device` flag, so none is passed; set `device_flag` for a worker that does.
+    /// `<this executable> worker JOB_FILE --device D`: the slot's device overrides the job
+    /// file's (`cuda:0` under the slot's CUDA_VISIBLE_DEVICES pinning, or `cpu`).
     pub fn current_exe() -> std::io::Result<Self> {
         Ok(WorkerCommand {
             program: std::env::current_exe()?,
             args_before_job_file: vec!["worker".into()],
-            device_flag: None,
+            device_flag: Some("--device".into()),
         })
     }
 

@@ -965,6 +965,19 @@ impl Store {
         tx.commit().map_err(err)
     }
 
+    /// Marks a job done whose result was made elsewhere (`ingest` of cluster results).
+    pub fn mark_done(&mut self, sweep: SweepId, key: &str) -> Result<(), StoreError> {
+        let job = self.job_row(sweep, key)?;
+        let path = self.path.clone();
+        self.conn
+            .execute(
+                "UPDATE jobs SET status = 'done', updated_at = ?2 WHERE id = ?1",
+                params![job, now()],
+            )
+            .map_err(|source| StoreError::Sql { path, context: "marking a job done", source })?;
+        Ok(())
+    }
+
     /// Ends, as `lost`, the open attempts on `host` whose process `alive` says is gone (a kill
     /// left them "running"); returns the keys of the jobs set back to failed. Attempts on other
     /// hosts are left alone: only their host can tell.
