@@ -1,0 +1,263 @@
+//! Own CPU kernels for the training ops, wrapped as candle custom ops (`CustomOp1/2/3`).
+//!
+//! Owns: the 3×3/1×1 convolution ([`conv`]), the 2×2 stride-2 transposed convolution
+//! ([`conv_transpose`]), the 2×2 max-pool ([`pool`]), the fused GroupNorm ([`norm`]) and ReLU
+//! ([`activation`]). [`crate::nn::ops`] dispatches to these on CPU for f32 and f64 and to the
+//! candle-native reference bodies elsewhere.
+//!
+//! Design:
+//! - Every kernel is generic over [`Float`] (f32 for training, f64 for the finite-difference
+//!   tests); the `gemm` crate is generic over both.
+//! - Inputs reach the kernels contiguous (the public functions call `.contiguous()`), so kernels
+//!   work on plain slices in NCHW order.
+//! - A forward op records which of its inputs take part in the graph (`Tensor::track_op`), and
+//!   its `bwd` computes only those gradients: a frozen base weight or the input image costs
+//!   nothing in backward.
+//! - Backward kernels run as "no backward" custom ops or straight on the storages; their
+//!   outputs are leaves (no second-order gradients).
+//! - Parallelism is rayon over independent jobs (images, row tiles, groups); `gemm` itself
+//!   runs single-threaded inside a job.
+
+pub mod activation;
+pub mod conv;
+pub mod conv_transpose;
+pub mod norm;
+pub mod pool;
+
+use candle_core::{CpuStorage, DType, Device, Layout, Result, Storage, Tensor, WithDType};
+
+/// The float types the own ops support: f32 (training) and f64 (finite-difference checks).
+pub trait Float: WithDType + Default + std::iter::Sum {
+    fn sqrt(self) -> Self;
+}
+
+impl Float for f32 {
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+}
+
+impl Float for f64 {
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+}
+
+/// True when the own CPU ops can run on `t`: a CPU tensor of f32 or f64.
+pub fn supported(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+/// The contiguous slice of a CPU storage described by `l`, as `T`.
+pub(crate) fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!(
+            "{op}: expected a contiguous input, got strides {:?}",
+            l.stride()
+        )
+    };
+    Ok(&T::cpu_storage_as_slice(s)?[start..end])
+}
+
+/// Runs `f` on the contiguous CPU data of `t` (used by the backward passes, which get tensors).
+pub(crate) fn with_data<T: Float, R>(
+    t: &Tensor,
+    op: &str,
+    f: impl FnOnce(&[T]) -> Result<R>,
+) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!(
+            "{op}: expected a CPU tensor, got {:?}",
+            t.device().location()
+        )
+    };
+    f(slice::<T>(cpu, layout, op)?)
+}
+
+/// Wraps a kernel result as a CPU tensor (a graph leaf).
+pub(crate) fn tensor<T: Float>(data: Vec<T>, dims: &[usize]) -> Result<Tensor> {
+    Tensor::from_vec(data, dims, &Device::Cpu)
+}
+
+/// A raw pointer that rayon jobs share to write disjoint parts of one output buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut<T>(pub *mut T);
+// SAFETY: only used by jobs that write disjoint index sets of a buffer that outlives them.
+unsafe impl<T: Send> Send for SharedMut<T> {}
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// The pointer (a method, so closures capture the `Send` wrapper, not the raw field).
+    pub(crate) fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
+/// `dst (m×n) = lhs (m×k) · rhs (k×n)`, or `dst += …` when `accumulate`, single-threaded.
+/// Element (r, c) of a matrix sits at `ptr + r·rs + c·cs`; all strides must be non-negative.
+///
+/// # Safety
+/// Every element addressed through the three views must be in bounds, and `dst` must not be
+/// written concurrently by anyone else.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) unsafe fn gemm<T: Float>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut T,
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    lhs: *const T,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const T,
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: forwarded from the caller; gemm's argument order is (cs, rs) and
+    // dst = alpha·dst + beta·lhs·rhs, with alpha read only when read_dst is set.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// Sum of a slice with independent partial sums (vectorizes) and an f64 total (accurate).
+pub(crate) fn sum_f64<T: Float>(xs: &[T]) -> f64 {
+    let mut total = 0.0;
+    for block in xs.chunks(1024) {
+        let mut lanes = [T::zero(); 8];
+        let chunks = block.chunks_exact(8);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for (l, v) in lanes.iter_mut().zip(c) {
+                *l += *v;
+            }
+        }
+        total += lanes.iter().map(|v| v.to_f64()).sum::<f64>();
+        total += rest.iter().map(|v| v.to_f64()).sum::<f64>();
+    }
+    total
+}
+
+/// Σ (x − shift)² with the same blocking as [`sum_f64`].
+pub(crate) fn sum_sq_dev_f64<T: Float>(xs: &[T], shift: T) -> f64 {
+    let mut total = 0.0;
+    for block in xs.chunks(1024) {
+        let mut lanes = [T::zero(); 8];
+        let chunks = block.chunks_exact(8);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for (l, v) in lanes.iter_mut().zip(c) {
+                let d = *v - shift;
+                *l += d * d;
+            }
+        }
+        total += lanes.iter().map(|v| v.to_f64()).sum::<f64>();
+        total += rest
+            .iter()
+            .map(|v| (*v - shift).to_f64().powi(2))
+            .sum::<f64>();
+    }
+    total
+}
+
+/// Σ a·b with the same blocking as [`sum_f64`].
+pub(crate) fn dot_f64<T: Float>(a: &[T], b: &[T]) -> f64 {
+    let mut total = 0.0;
+    for (ba, bb) in a.chunks(1024).zip(b.chunks(1024)) {
+        let mut lanes = [T::zero(); 8];
+        let ca = ba.chunks_exact(8);
+        let cb = bb.chunks_exact(8);
+        let (ra, rb) = (ca.remainder(), cb.remainder());
+        for (x, y) in ca.zip(cb) {
+            for ((l, u), v) in lanes.iter_mut().zip(x).zip(y) {
+                *l += *u * *v;
+            }
+        }
+        total += lanes.iter().map(|v| v.to_f64()).sum::<f64>();
+        total += ra
+            .iter()
+            .zip(rb)
+            .map(|(u, v)| (*u * *v).to_f64())
+            .sum::<f64>();
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_wrapper_matches_naive_product_with_strides() {
+        // lhs 2×3 row-major, rhs 3×2 column-major, dst 2×2 column-major, then accumulate.
+        let lhs = [1.0f64, 2., 3., 4., 5., 6.];
+        let rhs = [1.0f64, 0., 2., -1., 1., 0.5];
+        let mut dst = [0.0f64; 4];
+        unsafe {
+            gemm(
+                (2, 2, 3),
+                dst.as_mut_ptr(),
+                (1, 2),
+                false,
+                lhs.as_ptr(),
+                (3, 1),
+                rhs.as_ptr(),
+                (1, 3),
+            )
+        };
+        // row 0: [1,2,3]·[1,0,2] = 7, [1,2,3]·[-1,1,0.5] = 2.5; row 1: 4+12 = 16, -4+5+3 = 4.
+        assert_eq!(dst, [7.0, 16.0, 2.5, 4.0]);
+        unsafe {
+            gemm(
+                (2, 2, 3),
+                dst.as_mut_ptr(),
+                (1, 2),
+                true,
+                lhs.as_ptr(),
+                (3, 1),
+                rhs.as_ptr(),
+                (1, 3),
+            )
+        };
+        assert_eq!(dst, [14.0, 32.0, 5.0, 8.0]);
+    }
+
+    #[test]
+    fn blocked_sums_match_plain_sums() {
+        let xs: Vec<f32> = (0..2051)
+            .map(|i| ((i * 37 % 101) as f32) * 0.01 - 0.3)
+            .collect();
+        let ys: Vec<f32> = (0..2051)
+            .map(|i| ((i * 13 % 29) as f32) * 0.1 - 1.0)
+            .collect();
+        let plain: f64 = xs.iter().map(|&v| v as f64).sum();
+        assert!((sum_f64(&xs) - plain).abs() < 1e-3);
+        let m = 0.2f32;
+        let plain_sq: f64 = xs.iter().map(|&v| ((v - m) as f64).powi(2)).sum();
+        assert!((sum_sq_dev_f64(&xs, m) - plain_sq).abs() < 1e-3);
+        let plain_dot: f64 = xs.iter().zip(&ys).map(|(&a, &b)| a as f64 * b as f64).sum();
+        assert!((dot_f64(&xs, &ys) - plain_dot).abs() < 1e-3);
+    }
+}

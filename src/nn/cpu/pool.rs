@@ -1,0 +1,200 @@
+//! 2×2 max-pool, stride 2, with PyTorch's gradient.
+//!
+//! Key type: [`MaxPool2x2`], a `CustomOp1` on x: (B, C, H, W), H and W even.
+//!
+//! Design: one rayon job per run of (image, channel) planes. The window is scanned in row-major
+//! order and the first maximum wins (a NaN counts as the maximum, so it propagates), exactly as
+//! PyTorch picks its index; the backward rescans the input (no saved indices) and routes each
+//! output gradient to that one element. candle's `max_pool2d` instead scales the gradient by 1/4
+//! and the reshape+max reference gives every tied element the full gradient.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{Float, slice, tensor, with_data};
+
+/// The max-pool op.
+#[derive(Debug, Clone, Copy)]
+pub struct MaxPool2x2;
+
+/// Validates (B, C, H, W) with even H and W.
+fn dims(s: &Shape) -> Result<(usize, usize, usize, usize)> {
+    let (b, c, h, w) = s.dims4()?;
+    if h % 2 != 0 || w % 2 != 0 {
+        candle_core::bail!("max_pool2x2: expected even height and width, got {h}×{w}")
+    }
+    Ok((b, c, h, w))
+}
+
+/// Index (0..4, row-major) of the first maximum of a window; NaN wins.
+#[inline]
+fn argmax4<T: Float>(v: [T; 4]) -> usize {
+    let mut best = 0;
+    for i in 1..4 {
+        #[allow(clippy::eq_op)]
+        let is_nan = v[i] != v[i];
+        if v[i] > v[best] || is_nan {
+            best = i;
+            if is_nan {
+                break;
+            }
+        }
+    }
+    best
+}
+
+/// Planes per rayon job, so that small planes do not become tiny jobs.
+fn planes_per_job(plane: usize) -> usize {
+    (16384 / plane.max(1)).max(1)
+}
+
+fn forward<T: Float>(x: &[T], (h, w): (usize, usize)) -> Vec<T> {
+    let (oh, ow) = (h / 2, w / 2);
+    let mut y = vec![T::zero(); x.len() / 4];
+    if y.is_empty() {
+        return y;
+    }
+    let per = planes_per_job(h * w);
+    y.par_chunks_mut(oh * ow * per)
+        .zip(x.par_chunks(h * w * per))
+        .for_each(|(ys, xs)| {
+            for (yp, xp) in ys.chunks_exact_mut(oh * ow).zip(xs.chunks_exact(h * w)) {
+                for (i, yr) in yp.chunks_exact_mut(ow).enumerate() {
+                    let (r0, r1) = (&xp[2 * i * w..][..w], &xp[(2 * i + 1) * w..][..w]);
+                    for (j, out) in yr.iter_mut().enumerate() {
+                        let v = [r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]];
+                        *out = v[argmax4(v)];
+                    }
+                }
+            }
+        });
+    y
+}
+
+fn backward<T: Float>(x: &[T], dy: &[T], (h, w): (usize, usize)) -> Vec<T> {
+    let (oh, ow) = (h / 2, w / 2);
+    let mut dx = vec![T::zero(); x.len()];
+    if dy.is_empty() {
+        return dx;
+    }
+    let per = planes_per_job(h * w);
+    dx.par_chunks_mut(h * w * per)
+        .zip(x.par_chunks(h * w * per))
+        .zip(dy.par_chunks(oh * ow * per))
+        .for_each(|((dxs, xs), dys)| {
+            for ((dxp, xp), dyp) in dxs
+                .chunks_exact_mut(h * w)
+                .zip(xs.chunks_exact(h * w))
+                .zip(dys.chunks_exact(oh * ow))
+            {
+                for (i, dyr) in dyp.chunks_exact(ow).enumerate() {
+                    for (j, &g) in dyr.iter().enumerate() {
+                        let (a, b) = (2 * i * w + 2 * j, (2 * i + 1) * w + 2 * j);
+                        let k = argmax4([xp[a], xp[a + 1], xp[b], xp[b + 1]]);
+                        dxp[[a, a + 1, b, b + 1][k]] = g;
+                    }
+                }
+            }
+        });
+    dx
+}
+
+impl CustomOp1 for MaxPool2x2 {
+    fn name(&self) -> &'static str {
+        "ranksweep-max-pool2x2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = dims(l.shape())?;
+        let y = match s {
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(forward::<f32>(slice(s, l, "max_pool2x2")?, (h, w)))
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(forward::<f64>(slice(s, l, "max_pool2x2")?, (h, w)))
+            }
+            _ => candle_core::bail!("max_pool2x2: expected f32 or f64, got {:?}", s.dtype()),
+        };
+        Ok((y, Shape::from((b, c, h / 2, w / 2))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let (_, _, h, w) = dims(x.shape())?;
+        let dy = dy.contiguous()?;
+        fn run<T: Float>(x: &Tensor, dy: &Tensor, hw: (usize, usize)) -> Result<Tensor> {
+            let v = with_data::<T, _>(x, "max_pool2x2", |xs| {
+                with_data::<T, _>(dy, "max_pool2x2", |d| Ok(backward(xs, d, hw)))
+            })?;
+            tensor(v, x.dims())
+        }
+        let dx = match x.dtype() {
+            DType::F32 => run::<f32>(x, &dy, (h, w))?,
+            DType::F64 => run::<f64>(x, &dy, (h, w))?,
+            dt => candle_core::bail!("max_pool2x2: expected f32 or f64, got {dt:?}"),
+        };
+        Ok(Some(dx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::gradcheck::{assert_close, check, distinct, uniform};
+    use crate::nn::ops::{self, reference};
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn gradient_matches_finite_differences() -> Result<()> {
+        // Distinct values 0.01 apart: no ties, so the max is differentiable at every entry.
+        for c in [3, 5] {
+            let x = distinct(&[2, c, 4, 6], 0.01, 21, DType::F64);
+            check(&[(x, true)], |a| a[0].apply_op1(MaxPool2x2))?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn matches_reference_forward_and_gradient_without_ties() -> Result<()> {
+        let x = Var::from_tensor(&distinct(&[3, 5, 8, 6], 0.001, 22, DType::F32))?;
+        let probe = uniform(&[3, 5, 4, 3], -1.0, 1.0, 23, DType::F32);
+        let own = ops::max_pool2x2(&x)?;
+        let refr = reference::max_pool2x2(&x)?;
+        assert_close(&own, &refr, 0.0, "forward");
+        let g_own = (&own * &probe)?.sum_all()?.backward()?;
+        let g_ref = (&refr * &probe)?.sum_all()?.backward()?;
+        assert_close(g_own.get(&x).unwrap(), g_ref.get(&x).unwrap(), 0.0, "dx");
+        Ok(())
+    }
+
+    #[test]
+    fn ties_send_the_gradient_to_the_first_maximum_only() -> Result<()> {
+        // Window 0: all equal → element 0; window 1: max 5 at positions 1 and 2 → position 1
+        // (row-major (0,3)); a NaN wins its window.
+        let x = Var::new(
+            &[
+                [[[1f32, 1., 2., 5.], [1., 1., 5., 0.]]],
+                [[[0., f32::NAN, 3., 3.], [7., 1., 3., 9.]]],
+            ],
+            &Device::Cpu,
+        )?;
+        let y = ops::max_pool2x2(&x)?;
+        let yv = y.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!((yv[0], yv[1], yv[3]), (1.0, 5.0, 9.0));
+        assert!(yv[2].is_nan(), "a NaN must propagate");
+        let grads = (y.sum_all()?).backward()?;
+        let dx = grads.get(&x).unwrap().flatten_all()?.to_vec1::<f32>()?;
+        let want = [
+            1., 0., 0., 1., 0., 0., 0., 0., 0., 1., 0., 0., 0., 0., 0., 1.,
+        ];
+        assert_eq!(dx, want);
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_odd_sizes() {
+        let x = Tensor::zeros((1, 1, 3, 4), DType::F32, &Device::Cpu).unwrap();
+        let err = x.apply_op1(MaxPool2x2).unwrap_err().to_string();
+        assert!(err.contains("3×4"), "{err}");
+    }
+}
