@@ -17,6 +17,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if !(cpu::supported(x) && cpu::supported(w)) {
         return reference::conv2d(x, w);
     }
+    cpu::keep_freed_memory();
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     x.apply_op2(
         &w,
@@ -33,6 +34,7 @@ pub fn conv_transpose2x2(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     if !(cpu::supported(x) && cpu::supported(w) && cpu::supported(b)) {
         return reference::conv_transpose2x2(x, w, b);
     }
+    cpu::keep_freed_memory();
     let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
     let need = [x.track_op(), w.track_op(), b.track_op()];
     x.apply_op3(&w, &b, cpu::conv_transpose::ConvTranspose2x2 { need })
@@ -44,6 +46,7 @@ pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
     if !cpu::supported(x) {
         return reference::max_pool2x2(x);
     }
+    cpu::keep_freed_memory();
     x.contiguous()?.apply_op1(cpu::pool::MaxPool2x2)
 }
 
@@ -58,6 +61,7 @@ pub fn group_norm(
     if !(cpu::supported(x) && cpu::supported(gamma) && cpu::supported(beta)) {
         return reference::group_norm(x, groups, gamma, beta, eps);
     }
+    cpu::keep_freed_memory();
     let (x, gamma, beta) = (x.contiguous()?, gamma.contiguous()?, beta.contiguous()?);
     let need = [x.track_op(), gamma.track_op(), beta.track_op()];
     x.apply_op3(&gamma, &beta, cpu::norm::GroupNorm::new(groups, eps, need))
@@ -68,6 +72,7 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     if !cpu::supported(x) {
         return reference::relu(x);
     }
+    cpu::keep_freed_memory();
     x.contiguous()?.apply_op1(cpu::activation::Relu)
 }
 

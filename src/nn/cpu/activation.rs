@@ -6,11 +6,9 @@
 //! (zeros, compare, cast, multiply, add); this one is `dy · [y > 0]` in one pass. At exactly 0
 //! the gradient is 0, as in PyTorch (candle uses 1; both are subgradients). NaN propagates.
 
+use super::{Float, filled, par, slice, tensor, with_data};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
-
-use super::{Float, slice, tensor, with_data};
 
 /// Elements per rayon job of the elementwise loops.
 const CHUNK: usize = 1 << 15;
@@ -20,30 +18,32 @@ const CHUNK: usize = 1 << 15;
 pub struct Relu;
 
 fn forward<T: Float>(x: &[T]) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(ys, xs)| {
-            // `x < 0 → 0` keeps NaN (the comparison is false), so a diverging run shows up.
-            ys.iter_mut()
-                .zip(xs)
-                .for_each(|(y, &x)| *y = if x < T::zero() { T::zero() } else { x });
-        });
-    y
+    // SAFETY: the chunks cover y and every element is written.
+    unsafe {
+        filled(x.len(), |y| {
+            par::chunks_mut(y, CHUNK, |i, ys| {
+                let xs = &x[i * CHUNK..];
+                // `x < 0 → 0` keeps NaN (the comparison is false), so a diverging run shows up.
+                ys.iter_mut().zip(xs).for_each(|(y, &x)| {
+                    y.write(if x < T::zero() { T::zero() } else { x });
+                });
+            })
+        })
+    }
 }
 
 fn backward<T: Float>(y: &[T], dy: &[T]) -> Vec<T> {
-    let mut dx = vec![T::zero(); y.len()];
-    dx.par_chunks_mut(CHUNK)
-        .zip(y.par_chunks(CHUNK))
-        .zip(dy.par_chunks(CHUNK))
-        .for_each(|((dxs, ys), dys)| {
-            dxs.iter_mut()
-                .zip(ys)
-                .zip(dys)
-                .for_each(|((d, &y), &g)| *d = if y > T::zero() { g } else { T::zero() });
-        });
-    dx
+    // SAFETY: the chunks cover dx and every element is written.
+    unsafe {
+        filled(y.len(), |dx| {
+            par::chunks_mut(dx, CHUNK, |i, dxs| {
+                let (ys, dys) = (&y[i * CHUNK..], &dy[i * CHUNK..]);
+                dxs.iter_mut().zip(ys).zip(dys).for_each(|((d, &y), &g)| {
+                    d.write(if y > T::zero() { g } else { T::zero() });
+                });
+            })
+        })
+    }
 }
 
 impl CustomOp1 for Relu {

@@ -13,11 +13,9 @@
 //!
 //! Each gradient is computed only when its input takes part in the graph.
 
+use super::{Float, SharedMut, filled, gemm, par, slice, tensor, with_data};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
-
-use super::{Float, SharedMut, gemm, slice, tensor, with_data};
 
 /// Elements of one im2col tile: 48 Ki f32 = 192 KiB, within a core's L2 with room for gemm's
 /// packed panels.
@@ -75,7 +73,7 @@ impl Geom {
     /// and take whole images unless there are fewer images than threads.
     fn tile_rows(&self) -> usize {
         let rows = if self.k == 1 {
-            if self.b >= rayon::current_num_threads() {
+            if self.b >= par::threads() {
                 self.h
             } else {
                 (4096 / self.w.max(1)).max(1)
@@ -127,15 +125,19 @@ fn im2col3<T: Float>(
     }
 }
 
-/// The (image, row-tile) jobs of a geometry: (image, first row, rows).
-fn jobs(g: &Geom) -> impl IndexedParallelIterator<Item = (usize, usize, usize)> {
-    let rows = g.tile_rows();
-    let tiles = g.h.div_ceil(rows);
-    let h = g.h;
-    (0..g.b * tiles).into_par_iter().map(move |j| {
+impl Geom {
+    /// Number of (image, row tile) jobs.
+    fn n_jobs(&self) -> usize {
+        self.b * self.h.div_ceil(self.tile_rows())
+    }
+
+    /// Job `j` as (image, first row, rows).
+    fn job(&self, j: usize) -> (usize, usize, usize) {
+        let rows = self.tile_rows();
+        let tiles = self.h.div_ceil(rows);
         let r0 = (j % tiles) * rows;
-        (j / tiles, r0, rows.min(h - r0))
-    })
+        (j / tiles, r0, rows.min(self.h - r0))
+    }
 }
 
 /// Y = conv(X, W): `x` (B, I, H, W), `w` (O, I, k, k) → (B, O, H, W).
@@ -143,26 +145,18 @@ pub(crate) fn forward<T: Float>(x: &[T], w: &[T], g: Geom) -> Vec<T> {
     let (hw, kk) = (g.hw(), g.kk());
     assert_eq!(x.len(), g.b * g.ci * hw, "conv2d: input length");
     assert_eq!(w.len(), g.co * kk, "conv2d: kernel length");
-    let mut y = vec![T::zero(); g.b * g.co * hw];
-    if hw == 0 {
-        return y;
+    let len = g.b * g.co * hw;
+    if len == 0 || kk == 0 {
+        return vec![T::zero(); len];
     }
-    let yp = SharedMut(y.as_mut_ptr());
-    jobs(&g).for_each_init(Vec::new, |col: &mut Vec<T>, (bi, r0, nr)| {
+    let job = |yp: SharedMut<T>, (bi, r0, nr): (usize, usize, usize)| {
         let n = nr * g.w;
         let xb = &x[bi * g.ci * hw..(bi + 1) * g.ci * hw];
-        let (lhs, lhs_cs) = if g.k == 1 {
-            (xb[r0 * g.w..].as_ptr(), hw)
-        } else {
-            col.resize(kk * n, T::zero());
-            im2col3(xb, (g.ci, g.h, g.w), r0, nr, col);
-            (col.as_ptr(), n)
-        };
         // Y_tileᵀ (n × O) = col_tileᵀ (n × I·k²) · Wᵀ (I·k² × O); the pixel axis is the
         // contiguous one, as gemm's kernels prefer.
         // SAFETY: the views stay inside xb/col, w and image bi's output; jobs write disjoint
         // (image, row) ranges of y.
-        unsafe {
+        let run = |lhs: *const T, lhs_cs: usize| unsafe {
             gemm(
                 (n, g.co, kk),
                 yp.get().add(bi * g.co * hw + r0 * g.w),
@@ -173,9 +167,23 @@ pub(crate) fn forward<T: Float>(x: &[T], w: &[T], g: Geom) -> Vec<T> {
                 w.as_ptr(),
                 (1, kk),
             )
+        };
+        if g.k == 1 {
+            run(xb[r0 * g.w..].as_ptr(), hw)
+        } else {
+            T::with_scratch(kk * n, |col| {
+                im2col3(xb, (g.ci, g.h, g.w), r0, nr, col);
+                run(col.as_ptr(), n)
+            })
         }
-    });
-    y
+    };
+    // SAFETY: the jobs cover every (image, row) and each gemm writes all O channels of its rows.
+    unsafe {
+        filled(len, |y| {
+            let yp = SharedMut(y.as_mut_ptr() as *mut T);
+            par::for_each(g.n_jobs(), |j| job(yp, g.job(j)));
+        })
+    }
 }
 
 /// dX = conv(dY, W flipped in space with in/out channels swapped): `dy` (B, O, H, W).
@@ -209,46 +217,48 @@ pub(crate) fn weight_grad<T: Float>(x: &[T], dy: &[T], g: Geom) -> Vec<T> {
     if hw == 0 {
         return vec![T::zero(); size];
     }
-    // Few accumulators: at most ~2 per thread, so the final sum stays cheap.
-    let n_jobs = g.b * g.h.div_ceil(g.tile_rows());
-    let min_len = (n_jobs / (2 * rayon::current_num_threads())).max(1);
-    jobs(&g)
-        .with_min_len(min_len)
-        .fold(
-            || (Vec::new(), vec![T::zero(); size]),
-            |(mut col, mut acc): (Vec<T>, Vec<T>), (bi, r0, nr)| {
-                let n = nr * g.w;
-                let xb = &x[bi * g.ci * hw..(bi + 1) * g.ci * hw];
-                let (lhs, lhs_rs) = if g.k == 1 {
-                    (xb[r0 * g.w..].as_ptr(), hw)
-                } else {
-                    col.resize(kk * n, T::zero());
-                    im2col3(xb, (g.ci, g.h, g.w), r0, nr, &mut col);
-                    (col.as_ptr(), n)
-                };
-                // dWᵀ (I·k² × O) += col_tile (I·k² × n) · dY_tileᵀ (n × O).
-                // SAFETY: the views stay inside xb/col, image bi's dy rows and acc (owned).
-                unsafe {
-                    gemm(
-                        (kk, g.co, n),
-                        acc.as_mut_ptr(),
-                        (1, kk),
-                        true,
-                        lhs,
-                        (lhs_rs, 1),
-                        dy[bi * g.co * hw + r0 * g.w..].as_ptr(),
-                        (1, hw),
-                    )
-                }
-                (col, acc)
-            },
-        )
-        .map(|(_, acc)| acc)
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(u, v)| *u += *v);
-            a
-        })
-        .unwrap_or_else(|| vec![T::zero(); size])
+    let partials = par::fold(
+        g.n_jobs(),
+        || vec![T::zero(); size],
+        |acc: &mut Vec<T>, j| {
+            let (bi, r0, nr) = g.job(j);
+            let n = nr * g.w;
+            let xb = &x[bi * g.ci * hw..(bi + 1) * g.ci * hw];
+            // dWᵀ (I·k² × O) += col_tile (I·k² × n) · dY_tileᵀ (n × O).
+            // SAFETY: the views stay inside xb/col, image bi's dy rows and acc (this thread's).
+            let mut run = |lhs: *const T, lhs_rs: usize| unsafe {
+                gemm(
+                    (kk, g.co, n),
+                    acc.as_mut_ptr(),
+                    (1, kk),
+                    true,
+                    lhs,
+                    (lhs_rs, 1),
+                    dy[bi * g.co * hw + r0 * g.w..].as_ptr(),
+                    (1, hw),
+                )
+            };
+            if g.k == 1 {
+                run(xb[r0 * g.w..].as_ptr(), hw)
+            } else {
+                T::with_scratch(kk * n, |col| {
+                    im2col3(xb, (g.ci, g.h, g.w), r0, nr, col);
+                    run(col.as_ptr(), n)
+                })
+            }
+        },
+    );
+    sum_parts(partials, size)
+}
+
+/// Element-wise sum of per-thread partial results.
+pub(crate) fn sum_parts<T: Float>(parts: Vec<Vec<T>>, size: usize) -> Vec<T> {
+    let mut it = parts.into_iter();
+    let mut total = it.next().unwrap_or_else(|| vec![T::zero(); size]);
+    for p in it {
+        total.iter_mut().zip(&p).for_each(|(u, v)| *u += *v);
+    }
+    total
 }
 
 impl Conv2d {

@@ -9,11 +9,10 @@
 //! form (space-to-depth), then dX = W · G and dW += X · Gᵀ are plain gemms and db is a row sum.
 //! Jobs are (image, row tile) pairs; each gradient is computed only when needed.
 
+use super::conv::sum_parts;
+use super::{Float, SharedMut, filled, gemm, par, slice, tensor, with_data};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
-
-use super::{Float, SharedMut, gemm, slice, tensor, with_data};
 
 /// Elements of one (4·O × n) tile buffer.
 const TILE_ELEMS: usize = 32 * 1024;
@@ -64,32 +63,37 @@ impl Geom {
         (TILE_ELEMS / (4 * self.co * self.w).max(1)).clamp(1, self.h.max(1))
     }
 
-    /// (image, first row, rows) jobs.
-    fn jobs(&self) -> impl IndexedParallelIterator<Item = (usize, usize, usize)> {
+    /// Number of (image, row tile) jobs.
+    fn n_jobs(&self) -> usize {
+        self.b * self.h.div_ceil(self.tile_rows())
+    }
+
+    /// Job `j` as (image, first row, rows).
+    fn job(&self, j: usize) -> (usize, usize, usize) {
         let rows = self.tile_rows();
         let tiles = self.h.div_ceil(rows);
-        let h = self.h;
-        (0..self.b * tiles).into_par_iter().map(move |j| {
-            let r0 = (j % tiles) * rows;
-            (j / tiles, r0, rows.min(h - r0))
-        })
+        let r0 = (j % tiles) * rows;
+        (j / tiles, r0, rows.min(self.h - r0))
     }
 }
 
 fn forward<T: Float>(x: &[T], w: &[T], bias: &[T], g: Geom) -> Vec<T> {
     let (hw, q) = (g.hw(), 4 * g.co);
     let (oh, ow) = (2 * g.h, 2 * g.w);
-    let mut y = vec![T::zero(); g.b * g.co * oh * ow];
-    if hw == 0 {
+    let len = g.b * g.co * oh * ow;
+    if len == 0 || g.ci == 0 {
+        // No input channels: the output is the bias alone.
+        let mut y = vec![T::zero(); len];
+        for (i, v) in y.iter_mut().enumerate() {
+            *v = bias[(i / (oh * ow)) % g.co.max(1)];
+        }
         return y;
     }
-    let yp = SharedMut(y.as_mut_ptr());
-    g.jobs()
-        .for_each_init(Vec::new, |t: &mut Vec<T>, (bi, r0, nr)| {
-            let n = nr * g.w;
-            t.resize(q * n, T::zero());
+    let job = |yp: SharedMut<T>, (bi, r0, nr): (usize, usize, usize)| {
+        let n = nr * g.w;
+        T::with_scratch(q * n, |t| {
             // Tᵀ (n × 4O) = X_tileᵀ (n × I) · W (I × 4O).
-            // SAFETY: views inside image bi of x, w and the job's own buffer t.
+            // SAFETY: views inside image bi of x, w and the scratch buffer t.
             unsafe {
                 gemm(
                     (n, q, g.ci),
@@ -109,18 +113,26 @@ fn forward<T: Float>(x: &[T], w: &[T], bias: &[T], g: Geom) -> Vec<T> {
                     let t1 = &t[(o * 4 + kh * 2 + 1) * n..][..n];
                     for r in 0..nr {
                         let off = ((bi * g.co + o) * oh + 2 * (r0 + r) + kh) * ow;
-                        // SAFETY: output row 2·(r0 + r) + kh of (bi, o) belongs to this job alone.
-                        let dst = unsafe { std::slice::from_raw_parts_mut(yp.get().add(off), ow) };
                         let (a, b) = (&t0[r * g.w..][..g.w], &t1[r * g.w..][..g.w]);
-                        for ((d, &u), &v) in dst.chunks_exact_mut(2).zip(a).zip(b) {
-                            d[0] = u + bo;
-                            d[1] = v + bo;
+                        for (j, (&u, &v)) in a.iter().zip(b).enumerate() {
+                            // SAFETY: output row 2·(r0 + r) + kh of (bi, o) belongs to this job.
+                            unsafe {
+                                yp.get().add(off + 2 * j).write(u + bo);
+                                yp.get().add(off + 2 * j + 1).write(v + bo);
+                            }
                         }
                     }
                 }
             }
-        });
-    y
+        })
+    };
+    // SAFETY: the jobs cover every input row, hence every output row pair, all channels.
+    unsafe {
+        filled(len, |y| {
+            let yp = SharedMut(y.as_mut_ptr() as *mut T);
+            par::for_each(g.n_jobs(), |j| job(yp, g.job(j)));
+        })
+    }
 }
 
 /// Gathers the dY blocks of a tile into G (4·O × n): G[(o, kh, kw), p] = dy[o, 2h + kh, 2w + kw].
@@ -151,75 +163,83 @@ fn backward<T: Float>(
     need: [bool; 3],
 ) -> (Option<Vec<T>>, Vec<T>, Vec<T>) {
     let (hw, q) = (g.hw(), 4 * g.co);
-    let mut dx = need[0].then(|| vec![T::zero(); x.len()]);
     let (wl, bl) = (
         if need[1] { g.ci * q } else { 0 },
         if need[2] { g.co } else { 0 },
     );
-    if hw == 0 {
-        return (dx, vec![T::zero(); wl], vec![T::zero(); bl]);
+    if hw == 0 || g.co == 0 {
+        return (
+            need[0].then(|| vec![T::zero(); x.len()]),
+            vec![T::zero(); wl],
+            vec![T::zero(); bl],
+        );
     }
-    let dxp = dx.as_mut().map(|d| SharedMut(d.as_mut_ptr()));
-    let n_jobs = g.b * g.h.div_ceil(g.tile_rows());
-    let min_len = (n_jobs / (2 * rayon::current_num_threads())).max(1);
-    let (dw, db) = g
-        .jobs()
-        .with_min_len(min_len)
-        .fold(
-            || (Vec::new(), vec![T::zero(); wl], vec![T::zero(); bl]),
-            |(mut gt, mut dw, mut db): (Vec<T>, Vec<T>, Vec<T>), (bi, r0, nr)| {
+    let run = |dxp: Option<SharedMut<T>>| {
+        let parts = par::fold(
+            g.n_jobs(),
+            || (vec![T::zero(); wl], vec![T::zero(); bl]),
+            |(dw, db): &mut (Vec<T>, Vec<T>), j| {
+                let (bi, r0, nr) = g.job(j);
                 let n = nr * g.w;
-                gt.resize(q * n, T::zero());
-                gather(dy, &g, bi, r0, nr, &mut gt);
-                let xt = x[bi * g.ci * hw + r0 * g.w..].as_ptr();
-                if let Some(dxp) = dxp {
-                    // dX_tileᵀ (n × I) = Gᵀ (n × 4O) · Wᵀ (4O × I).
-                    // SAFETY: the dx rows r0..r0 + nr of image bi belong to this job alone.
-                    unsafe {
-                        gemm(
-                            (n, g.ci, q),
-                            dxp.get().add(bi * g.ci * hw + r0 * g.w),
-                            (1, hw),
-                            false,
-                            gt.as_ptr(),
-                            (1, n),
-                            w.as_ptr(),
-                            (1, q),
-                        )
+                T::with_scratch(q * n, |gt| {
+                    gather(dy, &g, bi, r0, nr, gt);
+                    let xt = x[bi * g.ci * hw + r0 * g.w..].as_ptr();
+                    if let Some(dxp) = dxp {
+                        // dX_tileᵀ (n × I) = Gᵀ (n × 4O) · Wᵀ (4O × I).
+                        // SAFETY: the dx rows r0..r0 + nr of image bi belong to this job.
+                        unsafe {
+                            gemm(
+                                (n, g.ci, q),
+                                dxp.get().add(bi * g.ci * hw + r0 * g.w),
+                                (1, hw),
+                                false,
+                                gt.as_ptr(),
+                                (1, n),
+                                w.as_ptr(),
+                                (1, q),
+                            )
+                        }
                     }
-                }
-                if need[1] {
-                    // dWᵀ (4O × I) += G (4O × n) · X_tileᵀ (n × I).
-                    // SAFETY: views inside gt, image bi of x and the job's own dw.
-                    unsafe {
-                        gemm(
-                            (q, g.ci, n),
-                            dw.as_mut_ptr(),
-                            (1, q),
-                            true,
-                            gt.as_ptr(),
-                            (n, 1),
-                            xt,
-                            (1, hw),
-                        )
+                    if need[1] {
+                        // dWᵀ (4O × I) += G (4O × n) · X_tileᵀ (n × I).
+                        // SAFETY: views inside gt, image bi of x and this thread's dw.
+                        unsafe {
+                            gemm(
+                                (q, g.ci, n),
+                                dw.as_mut_ptr(),
+                                (1, q),
+                                true,
+                                gt.as_ptr(),
+                                (n, 1),
+                                xt,
+                                (1, hw),
+                            )
+                        }
                     }
-                }
-                if need[2] {
-                    for (o, d) in db.iter_mut().enumerate() {
-                        *d += gt[o * 4 * n..(o + 1) * 4 * n].iter().copied().sum::<T>();
+                    if need[2] {
+                        for (o, d) in db.iter_mut().enumerate() {
+                            *d += gt[o * 4 * n..(o + 1) * 4 * n].iter().copied().sum::<T>();
+                        }
                     }
-                }
-                (gt, dw, db)
+                });
             },
-        )
-        .map(|(_, dw, db)| (dw, db))
-        .reduce_with(|(mut a, mut b), (c, d)| {
-            a.iter_mut().zip(&c).for_each(|(u, v)| *u += *v);
-            b.iter_mut().zip(&d).for_each(|(u, v)| *u += *v);
-            (a, b)
-        })
-        .unwrap_or_else(|| (vec![T::zero(); wl], vec![T::zero(); bl]));
-    (dx, dw, db)
+        );
+        let (dws, dbs): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
+        (sum_parts(dws, wl), sum_parts(dbs, bl))
+    };
+    if need[0] {
+        let mut dwb = (Vec::new(), Vec::new());
+        // SAFETY: the jobs cover every (image, row) of dx and each gemm writes all I channels.
+        let dx = unsafe {
+            filled(x.len(), |dx| {
+                dwb = run(Some(SharedMut(dx.as_mut_ptr() as *mut T)));
+            })
+        };
+        (Some(dx), dwb.0, dwb.1)
+    } else {
+        let (dw, db) = run(None);
+        (None, dw, db)
+    }
 }
 
 impl ConvTranspose2x2 {

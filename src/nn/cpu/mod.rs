@@ -22,24 +22,82 @@ pub mod activation;
 pub mod conv;
 pub mod conv_transpose;
 pub mod norm;
+pub(crate) mod par;
 pub mod pool;
+
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Storage, Tensor, WithDType};
 
 /// The float types the own ops support: f32 (training) and f64 (finite-difference checks).
 pub trait Float: WithDType + Default + std::iter::Sum {
-    fn sqrt(self) -> Self;
+    /// Runs `f` on this thread's scratch buffer of at least `n` elements (contents arbitrary).
+    /// Kernels reuse it for im2col tiles instead of allocating and zeroing one per job.
+    fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
 }
 
-impl Float for f32 {
-    fn sqrt(self) -> Self {
-        f32::sqrt(self)
-    }
+macro_rules! impl_float {
+    ($t:ty, $scratch:ident) => {
+        thread_local! {
+            static $scratch: RefCell<Vec<$t>> = const { RefCell::new(Vec::new()) };
+        }
+
+        impl Float for $t {
+            fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
+                $scratch.with(|cell| match cell.try_borrow_mut() {
+                    Ok(mut buf) => {
+                        if buf.len() < n {
+                            buf.resize(n, 0.0);
+                        }
+                        f(&mut buf[..n])
+                    }
+                    // Re-entered on this thread (not done by the kernels): a fresh buffer.
+                    Err(_) => f(&mut vec![0.0; n]),
+                })
+            }
+        }
+    };
 }
 
-impl Float for f64 {
-    fn sqrt(self) -> Self {
-        f64::sqrt(self)
+impl_float!(f32, SCRATCH_F32);
+impl_float!(f64, SCRATCH_F64);
+
+/// A vector of `n` elements written by `fill`, without zeroing it first (the outputs are large
+/// and every kernel writes all of its output anyway).
+///
+/// # Safety
+/// `fill` must initialise every element of the slice it gets (directly or through its pointer).
+pub(crate) unsafe fn filled<T: Float>(
+    n: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<T>]),
+) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    fill(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: the caller guarantees that `fill` initialised all n elements.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// Makes glibc keep freed activation-sized buffers for reuse (called once by the first own op).
+///
+/// By default glibc serves allocations above 128 KiB with fresh `mmap`s and unmaps them on
+/// free, so every multi-MiB tensor of every training step pays page faults and kernel page
+/// zeroing (a quarter of a step's CPU time, measured). This raises the mmap threshold to 32 MiB
+/// and stops trimming the heap top, so a step reuses the memory the previous step freed. The
+/// cost is that the process keeps its peak heap. A no-op off glibc.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: mallopt only changes allocator tuning parameters.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+                libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+            }
+        });
     }
 }
 

@@ -11,13 +11,12 @@
 //!   dx = (γ_c·dy − Σ_g γ·dy / n − x̂·Σ_g γ·dy·x̂ / n) / σ,
 //! which per channel is `dy·p + x·q + r`, one fused pass.
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
+use super::{Float, dot_f64, filled, par, slice, sum_f64, sum_sq_dev_f64, tensor, with_data};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
-
-use super::{Float, dot_f64, slice, sum_f64, sum_sq_dev_f64, tensor, with_data};
 
 /// The GroupNorm op. `need` says which of (x, gamma, beta) take gradients; `stats` holds the
 /// forward's (mean, 1/σ) per (image, group).
@@ -74,33 +73,34 @@ fn forward<T: Float>(
     groups: usize,
     eps: f64,
 ) -> (Vec<T>, Vec<(f64, f64)>) {
-    let mut y = vec![T::zero(); x.len()];
     let cg = c / groups;
     let len = cg * hw;
     if len == 0 {
-        return (y, Vec::new());
+        return (vec![T::zero(); x.len()], Vec::new());
     }
-    let st = y
-        .par_chunks_mut(len)
-        .zip(x.par_chunks(len))
-        .enumerate()
-        .map(|(j, (ys, xs))| {
-            let (mean, rstd) = stats(xs, eps);
-            let g = j % groups;
-            for (ci, (yc, xc)) in ys.chunks_exact_mut(hw).zip(xs.chunks_exact(hw)).enumerate() {
-                let ch = g * cg + ci;
-                let scale = gamma[ch].to_f64() * rstd;
-                let (scale, shift) = (
-                    T::from_f64(scale),
-                    T::from_f64(beta[ch].to_f64() - mean * scale),
-                );
-                yc.iter_mut()
-                    .zip(xc)
-                    .for_each(|(y, &x)| *y = x * scale + shift);
-            }
-            (mean, rstd)
+    let mut st = Vec::new();
+    // SAFETY: the chunks cover y and every element of each chunk is written.
+    let y = unsafe {
+        filled(x.len(), |y| {
+            st = par::chunks_map(y, len, |j, ys| {
+                let xs = &x[j * len..(j + 1) * len];
+                let (mean, rstd) = stats(xs, eps);
+                let g = j % groups;
+                for (ci, (yc, xc)) in ys.chunks_exact_mut(hw).zip(xs.chunks_exact(hw)).enumerate() {
+                    let ch = g * cg + ci;
+                    let scale = gamma[ch].to_f64() * rstd;
+                    let (scale, shift) = (
+                        T::from_f64(scale),
+                        T::from_f64(beta[ch].to_f64() - mean * scale),
+                    );
+                    yc.iter_mut().zip(xc).for_each(|(y, &x)| {
+                        y.write(x * scale + shift);
+                    });
+                }
+                (mean, rstd)
+            });
         })
-        .collect();
+    };
     (y, st)
 }
 
@@ -122,61 +122,69 @@ fn backward<T: Float>(
         return (need_x.then(|| vec![T::zero(); x.len()]), dgamma, dbeta);
     }
     // Per (image, group): per-channel Σ dy and Σ dy·x̂; writes dx when given.
-    let job = |j: usize, xs: &[T], dys: &[T], dx: Option<&mut [T]>| -> Vec<(f64, f64)> {
-        let (mean, rstd) = st[j];
-        let g = j % groups;
-        let sums: Vec<(f64, f64)> = xs
-            .chunks_exact(hw)
-            .zip(dys.chunks_exact(hw))
-            .map(|(xc, dc)| {
-                let (sdy, sdyx) = (sum_f64(dc), dot_f64(dc, xc));
-                (sdy, rstd * (sdyx - mean * sdy))
-            })
-            .collect();
-        if let Some(dx) = dx {
-            let n = len as f64;
-            let (mut a, mut b) = (0.0, 0.0);
-            for (ci, (sdy, sdyxh)) in sums.iter().enumerate() {
-                let gm = gamma[g * cg + ci].to_f64();
-                a += gm * sdy / n;
-                b += gm * sdyxh / n;
-            }
-            for (ci, ((dxc, xc), dc)) in dx
-                .chunks_exact_mut(hw)
-                .zip(xs.chunks_exact(hw))
+    let job =
+        |j: usize, xs: &[T], dys: &[T], dx: Option<&mut [MaybeUninit<T>]>| -> Vec<(f64, f64)> {
+            let (mean, rstd) = st[j];
+            let g = j % groups;
+            let sums: Vec<(f64, f64)> = xs
+                .chunks_exact(hw)
                 .zip(dys.chunks_exact(hw))
-                .enumerate()
-            {
-                let gm = gamma[g * cg + ci].to_f64();
-                // dx = rstd·(γ·dy − a − (x − μ)·rstd·b) = dy·p + x·q + r.
-                let p = T::from_f64(gm * rstd);
-                let q = T::from_f64(-rstd * rstd * b);
-                let r = T::from_f64(rstd * (mean * rstd * b - a));
-                dxc.iter_mut()
-                    .zip(xc)
-                    .zip(dc)
-                    .for_each(|((d, &xv), &dv)| *d = dv * p + xv * q + r);
+                .map(|(xc, dc)| {
+                    let (sdy, sdyx) = (sum_f64(dc), dot_f64(dc, xc));
+                    (sdy, rstd * (sdyx - mean * sdy))
+                })
+                .collect();
+            if let Some(dx) = dx {
+                let n = len as f64;
+                let (mut a, mut b) = (0.0, 0.0);
+                for (ci, (sdy, sdyxh)) in sums.iter().enumerate() {
+                    let gm = gamma[g * cg + ci].to_f64();
+                    a += gm * sdy / n;
+                    b += gm * sdyxh / n;
+                }
+                for (ci, ((dxc, xc), dc)) in dx
+                    .chunks_exact_mut(hw)
+                    .zip(xs.chunks_exact(hw))
+                    .zip(dys.chunks_exact(hw))
+                    .enumerate()
+                {
+                    let gm = gamma[g * cg + ci].to_f64();
+                    // dx = rstd·(γ·dy − a − (x − μ)·rstd·b) = dy·p + x·q + r.
+                    let p = T::from_f64(gm * rstd);
+                    let q = T::from_f64(-rstd * rstd * b);
+                    let r = T::from_f64(rstd * (mean * rstd * b - a));
+                    dxc.iter_mut().zip(xc).zip(dc).for_each(|((d, &xv), &dv)| {
+                        d.write(dv * p + xv * q + r);
+                    });
+                }
             }
-        }
-        sums
-    };
+            sums
+        };
     let (dx, sums): (Option<Vec<T>>, Vec<Vec<(f64, f64)>>) = if need_x {
-        let mut dx = vec![T::zero(); x.len()];
-        let sums = x
-            .par_chunks(len)
-            .zip(dy.par_chunks(len))
-            .zip(dx.par_chunks_mut(len))
-            .enumerate()
-            .map(|(j, ((xs, dys), dxs))| job(j, xs, dys, Some(dxs)))
-            .collect();
+        let mut sums = Vec::new();
+        // SAFETY: the chunks cover dx and the job writes every element of its chunk.
+        let dx = unsafe {
+            filled(x.len(), |dx| {
+                sums = par::chunks_map(dx, len, |j, dxs| {
+                    job(
+                        j,
+                        &x[j * len..(j + 1) * len],
+                        &dy[j * len..(j + 1) * len],
+                        Some(dxs),
+                    )
+                });
+            })
+        };
         (Some(dx), sums)
     } else {
-        let sums = x
-            .par_chunks(len)
-            .zip(dy.par_chunks(len))
-            .enumerate()
-            .map(|(j, (xs, dys))| job(j, xs, dys, None))
-            .collect();
+        let sums = par::map(x.len() / len, |j| {
+            job(
+                j,
+                &x[j * len..(j + 1) * len],
+                &dy[j * len..(j + 1) * len],
+                None,
+            )
+        });
         (None, sums)
     };
     for (j, s) in sums.iter().enumerate() {
@@ -206,10 +214,9 @@ impl GroupNorm {
                         Some(st) => st.as_slice(),
                         None => {
                             let len = (c / self.groups * hw).max(1);
-                            recomputed = xs
-                                .par_chunks(len)
-                                .map(|g| stats(g, self.eps))
-                                .collect::<Vec<_>>();
+                            recomputed = par::map(xs.len() / len, |j| {
+                                stats(&xs[j * len..(j + 1) * len], self.eps)
+                            });
                             recomputed.as_slice()
                         }
                     };

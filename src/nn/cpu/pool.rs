@@ -8,11 +8,9 @@
 //! output gradient to that one element. candle's `max_pool2d` instead scales the gradient by 1/4
 //! and the reshape+max reference gives every tied element the full gradient.
 
+use super::{Float, filled, par, slice, tensor, with_data};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
-
-use super::{Float, slice, tensor, with_data};
 
 /// The max-pool op.
 #[derive(Debug, Clone, Copy)]
@@ -51,53 +49,60 @@ fn planes_per_job(plane: usize) -> usize {
 
 fn forward<T: Float>(x: &[T], (h, w): (usize, usize)) -> Vec<T> {
     let (oh, ow) = (h / 2, w / 2);
-    let mut y = vec![T::zero(); x.len() / 4];
-    if y.is_empty() {
-        return y;
+    let len = x.len() / 4;
+    if len == 0 {
+        return Vec::new();
     }
     let per = planes_per_job(h * w);
-    y.par_chunks_mut(oh * ow * per)
-        .zip(x.par_chunks(h * w * per))
-        .for_each(|(ys, xs)| {
-            for (yp, xp) in ys.chunks_exact_mut(oh * ow).zip(xs.chunks_exact(h * w)) {
-                for (i, yr) in yp.chunks_exact_mut(ow).enumerate() {
-                    let (r0, r1) = (&xp[2 * i * w..][..w], &xp[(2 * i + 1) * w..][..w]);
-                    for (j, out) in yr.iter_mut().enumerate() {
-                        let v = [r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]];
-                        *out = v[argmax4(v)];
+    // SAFETY: the chunks cover y and every output element is written.
+    unsafe {
+        filled(len, |y| {
+            par::chunks_mut(y, oh * ow * per, |i, ys| {
+                let xs = &x[i * h * w * per..];
+                for (yp, xp) in ys.chunks_exact_mut(oh * ow).zip(xs.chunks_exact(h * w)) {
+                    for (i, yr) in yp.chunks_exact_mut(ow).enumerate() {
+                        let (r0, r1) = (&xp[2 * i * w..][..w], &xp[(2 * i + 1) * w..][..w]);
+                        for (j, out) in yr.iter_mut().enumerate() {
+                            let v = [r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]];
+                            out.write(v[argmax4(v)]);
+                        }
                     }
                 }
-            }
-        });
-    y
+            })
+        })
+    }
 }
 
 fn backward<T: Float>(x: &[T], dy: &[T], (h, w): (usize, usize)) -> Vec<T> {
     let (oh, ow) = (h / 2, w / 2);
-    let mut dx = vec![T::zero(); x.len()];
     if dy.is_empty() {
-        return dx;
+        return vec![T::zero(); x.len()];
     }
     let per = planes_per_job(h * w);
-    dx.par_chunks_mut(h * w * per)
-        .zip(x.par_chunks(h * w * per))
-        .zip(dy.par_chunks(oh * ow * per))
-        .for_each(|((dxs, xs), dys)| {
-            for ((dxp, xp), dyp) in dxs
-                .chunks_exact_mut(h * w)
-                .zip(xs.chunks_exact(h * w))
-                .zip(dys.chunks_exact(oh * ow))
-            {
-                for (i, dyr) in dyp.chunks_exact(ow).enumerate() {
-                    for (j, &g) in dyr.iter().enumerate() {
-                        let (a, b) = (2 * i * w + 2 * j, (2 * i + 1) * w + 2 * j);
-                        let k = argmax4([xp[a], xp[a + 1], xp[b], xp[b + 1]]);
-                        dxp[[a, a + 1, b, b + 1][k]] = g;
+    // SAFETY: the chunks cover dx, the windows tile each plane (even H and W), and all four
+    // elements of every window are written.
+    unsafe {
+        filled(x.len(), |dx| {
+            par::chunks_mut(dx, h * w * per, |i, dxs| {
+                let (xs, dys) = (&x[i * h * w * per..], &dy[i * oh * ow * per..]);
+                for ((dxp, xp), dyp) in dxs
+                    .chunks_exact_mut(h * w)
+                    .zip(xs.chunks_exact(h * w))
+                    .zip(dys.chunks_exact(oh * ow))
+                {
+                    for (i, dyr) in dyp.chunks_exact(ow).enumerate() {
+                        for (j, &g) in dyr.iter().enumerate() {
+                            let (a, b) = (2 * i * w + 2 * j, (2 * i + 1) * w + 2 * j);
+                            let k = argmax4([xp[a], xp[a + 1], xp[b], xp[b + 1]]);
+                            for (t, idx) in [a, a + 1, b, b + 1].into_iter().enumerate() {
+                                dxp[idx].write(if t == k { g } else { T::zero() });
+                            }
+                        }
                     }
                 }
-            }
-        });
-    dx
+            })
+        })
+    }
 }
 
 impl CustomOp1 for MaxPool2x2 {
