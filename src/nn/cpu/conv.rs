@@ -2,14 +2,24 @@
 //!
 //! Key type: [`Conv2d`], a `CustomOp2` on (x: (B, I, H, W), w: (O, I, k, k)).
 //!
-//! Design: the image is cut into row tiles; a tile's im2col matrix (I·k² × rows·W) is sized to
-//! stay in L2 cache while `gemm` consumes it, so the 9× im2col expansion never goes to memory.
-//! Jobs are (image, row tile) pairs run by rayon. 1×1 convs skip im2col (the image already is
-//! the matrix).
-//! - forward: Y_tile (O × n) = W (O × I·k²) · col(X)_tile, written straight into the output;
-//! - input gradient: a convolution of dY with the flipped, transposed kernel (same code path as
-//!   the forward, no col2im scatter);
-//! - kernel gradient: dW += dY_tile · col(X)_tileᵀ, one accumulator per rayon split, summed.
+//! Design: the image is cut into row tiles, one job per (image, tile) on rayon. A tile's patch
+//! matrix is sized to stay in L2 while `gemm` reads it, so no expanded copy reaches memory.
+//! Three ways to build it ([`Mode`]):
+//! - `Rows` (3×3, ≥ 8 input channels): only the three horizontal shifts are copied, rows
+//!   (c, kw) over the tile plus one halo row above and below; the vertical shift kh is a pointer
+//!   offset of kh·W into that buffer. The conv is then 3 accumulating gemms of depth 3·I: a 3×
+//!   copy of the input instead of im2col's 9× (the copy is what makes thin layers slow);
+//! - `Full` (3×3, few input channels, e.g. the 1-channel first layer): classic im2col, rows
+//!   (c, kh, kw), one gemm of depth 9·I;
+//! - `Direct` (1×1): the image is the matrix; no copy.
+//!
+//! Per tile, with P the patch matrix (depth × pixels) and Wp the kernel repacked to match it:
+//! - forward: Y_tile (O × n) = Σ_passes Wp · P, written straight into the output, pixels as
+//!   gemm's contiguous axis;
+//! - input gradient: a convolution of dY with the flipped kernel, in/out channels swapped (the
+//!   forward code, no col2im scatter);
+//! - kernel gradient: dWp += dY_tile · Pᵀ with the output channels as gemm's row axis, so gemm
+//!   only repacks the thin dY tile, not P; one accumulator per rayon split, summed, unpacked.
 //!
 //! Each gradient is computed only when its input takes part in the graph.
 
@@ -17,9 +27,15 @@ use super::{Float, SharedMut, filled, gemm, par, slice, tensor, with_data};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-/// Elements of one im2col tile: 48 Ki f32 = 192 KiB, within a core's L2 with room for gemm's
+/// Elements of one patch tile: 48 Ki f32 = 192 KiB, within a core's L2 with room for gemm's
 /// packed panels.
 const TILE_ELEMS: usize = 48 * 1024;
+
+/// Input channels from which a 3×3 conv uses [`Mode::Rows`], for the forward and for the
+/// kernel gradient (measured on 2-core AVX2, f32, per layer of the default Unet): with fewer,
+/// gemm passes of depth 3·I are too shallow and the full im2col wins.
+const ROWS_MIN_CI_FORWARD: usize = 32;
+const ROWS_MIN_CI_WEIGHT_GRAD: usize = 64;
 
 /// The convolution op. `need_x` / `need_w` say which gradients backward must produce.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +53,14 @@ pub(crate) struct Geom {
     pub h: usize,
     pub w: usize,
     pub k: usize,
+}
+
+/// How a tile's patch matrix is built (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Direct,
+    Full,
+    Rows,
 }
 
 impl Geom {
@@ -64,50 +88,164 @@ impl Geom {
         self.h * self.w
     }
 
-    /// Rows of the im2col matrix: I·k².
-    fn kk(&self) -> usize {
-        self.ci * self.k * self.k
+    /// The plan of a forward (or input-gradient) pass.
+    fn forward_plan(self) -> Plan {
+        self.plan(ROWS_MIN_CI_FORWARD)
     }
 
-    /// Image rows per tile: the im2col tile stays near [`TILE_ELEMS`]; 1×1 convs need no im2col
-    /// and take whole images unless there are fewer images than threads.
-    fn tile_rows(&self) -> usize {
-        let rows = if self.k == 1 {
-            if self.b >= par::threads() {
-                self.h
-            } else {
-                (4096 / self.w.max(1)).max(1)
-            }
-        } else {
-            TILE_ELEMS / (self.kk() * self.w).max(1)
+    /// The plan of a kernel-gradient pass.
+    fn weight_grad_plan(self) -> Plan {
+        self.plan(ROWS_MIN_CI_WEIGHT_GRAD)
+    }
+
+    fn plan(self, rows_min_ci: usize) -> Plan {
+        let mode = match (self.k, self.ci >= rows_min_ci) {
+            (1, _) => Mode::Direct,
+            (_, false) => Mode::Full,
+            (_, true) => Mode::Rows,
         };
-        rows.clamp(1, self.h.max(1))
+        Plan { g: self, mode }
     }
 }
 
-/// Fills `col` (I·9 × nr·W, row-major) with the 3×3 patches of rows `r0..r0 + nr` of one image
-/// `x` (I × H × W): `col[(c·9 + kh·3 + kw), r·W + j] = x[c, r0 + r + kh − 1, j + kw − 1]`, zero
-/// outside the image (padding 1).
-fn im2col3<T: Float>(
+/// A geometry with the way its patch matrices are built.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    g: Geom,
+    mode: Mode,
+}
+
+impl std::ops::Deref for Plan {
+    type Target = Geom;
+    fn deref(&self) -> &Geom {
+        &self.g
+    }
+}
+
+impl Plan {
+    /// Gemm passes per tile and the depth of each.
+    fn passes(&self) -> (usize, usize) {
+        match self.mode {
+            Mode::Direct => (1, self.ci),
+            Mode::Full => (1, 9 * self.ci),
+            Mode::Rows => (3, 3 * self.ci),
+        }
+    }
+
+    /// Index in the kernel (O, I, k, k) of row `r` of pass `t`, output channel `o`.
+    fn w_index(&self, t: usize, r: usize, o: usize) -> usize {
+        match self.mode {
+            Mode::Direct => o * self.ci + r,
+            Mode::Full => o * 9 * self.ci + r,
+            // Row r = (c, kw) of pass t = kh.
+            Mode::Rows => ((o * self.ci + r / 3) * 3 + t) * 3 + r % 3,
+        }
+    }
+
+    /// Image rows per tile: the patch tile stays near [`TILE_ELEMS`]; 1×1 convs copy nothing
+    /// and take whole images unless there are fewer images than threads.
+    fn tile_rows(&self) -> usize {
+        let w = self.w.max(1);
+        let rows = match self.mode {
+            Mode::Direct if self.b >= par::threads() => self.h,
+            Mode::Direct => 4096 / w,
+            Mode::Full => TILE_ELEMS / (9 * self.ci * w).max(1),
+            Mode::Rows => (TILE_ELEMS / (3 * self.ci * w).max(1)).saturating_sub(2),
+        };
+        rows.clamp(1, self.h.max(1))
+    }
+
+    /// Number of (image, row tile) jobs.
+    fn n_jobs(&self) -> usize {
+        self.b * self.h.div_ceil(self.tile_rows())
+    }
+
+    /// Job `j` as (image, first row, rows).
+    fn job(&self, j: usize) -> (usize, usize, usize) {
+        let rows = self.tile_rows();
+        let tiles = self.h.div_ceil(rows);
+        let r0 = (j % tiles) * rows;
+        (j / tiles, r0, rows.min(self.h - r0))
+    }
+
+    /// The kernel repacked per pass: `wp[t][o][r] = w[w_index(t, r, o)]`, so that pass t's
+    /// right-hand side (depth × O) has unit row stride.
+    fn pack_w<T: Float>(&self, w: &[T]) -> Vec<T> {
+        let (np, depth) = self.passes();
+        let mut wp = Vec::with_capacity(np * self.co * depth);
+        for t in 0..np {
+            for o in 0..self.co {
+                wp.extend((0..depth).map(|r| w[self.w_index(t, r, o)]));
+            }
+        }
+        wp
+    }
+
+    /// Runs `f(lhs, lhs_cs, offsets)` on the patch matrix of tile (bi, r0, nr) of `x`: pass t
+    /// reads rows `lhs + offsets[t] + r·lhs_cs` (r < depth), each n = nr·W pixels long.
+    fn with_patches<T: Float, R>(
+        &self,
+        x: &[T],
+        (bi, r0, nr): (usize, usize, usize),
+        f: impl FnOnce(*const T, usize, [usize; 3]) -> R,
+    ) -> R {
+        let (hw, w) = (self.hw(), self.w);
+        let xb = &x[bi * self.ci * hw..(bi + 1) * self.ci * hw];
+        let geo = (self.ci, self.h, w);
+        match self.mode {
+            Mode::Direct => f(xb[r0 * w..].as_ptr(), hw, [0; 3]),
+            Mode::Full => {
+                let stride = padded_stride(nr * w);
+                T::with_scratch(9 * self.ci * stride, |col| {
+                    shifted_rows(xb, geo, r0 as isize - 1, nr, 3, stride, col);
+                    f(col.as_ptr(), stride, [0; 3])
+                })
+            }
+            Mode::Rows => {
+                let stride = padded_stride((nr + 2) * w);
+                T::with_scratch(3 * self.ci * stride, |col| {
+                    shifted_rows(xb, geo, r0 as isize - 1, nr + 2, 1, stride, col);
+                    f(col.as_ptr(), stride, [0, w, 2 * w])
+                })
+            }
+        }
+    }
+}
+
+/// Row stride of a patch buffer whose rows hold `n` elements: rounded up, plus one cache line,
+/// so that consecutive rows do not map to the same cache sets (a multiple of 4 KiB would, and
+/// gemm walks down the rows).
+fn padded_stride(n: usize) -> usize {
+    n.next_multiple_of(16) + 16
+}
+
+/// Fills `col` with horizontally shifted row blocks of one image `x` (I × H × W), zero outside
+/// the image: for channel c, vertical shift kh < `n_kh` and horizontal shift kw < 3, the block
+/// `col[((c·n_kh + kh)·3 + kw)·stride ..]` holds rows `top + kh + r` (r < `n_rows`) of
+/// channel c shifted by kw − 1 columns. `n_kh = 3` gives im2col's (c, kh, kw) rows; `n_kh = 1`
+/// with `n_rows = nr + 2` gives the (c, kw) rows of [`Mode::Rows`].
+fn shifted_rows<T: Float>(
     x: &[T],
     (ci, h, w): (usize, usize, usize),
-    r0: usize,
-    nr: usize,
+    top: isize,
+    n_rows: usize,
+    n_kh: usize,
+    stride: usize,
     col: &mut [T],
 ) {
-    let n = nr * w;
+    let n = n_rows * w;
     for c in 0..ci {
         let xc = &x[c * h * w..(c + 1) * h * w];
-        for kh in 0..3 {
+        for kh in 0..n_kh {
             for kw in 0..3 {
-                let dst_rows = &mut col[((c * 3 + kh) * 3 + kw) * n..][..n];
-                for (r, dst) in dst_rows.chunks_exact_mut(w).enumerate() {
-                    let src_r = r0 + r + kh;
-                    if src_r == 0 || src_r > h {
+                let block = &mut col[((c * n_kh + kh) * 3 + kw) * stride..][..n];
+                for (r, dst) in block.chunks_exact_mut(w).enumerate() {
+                    let src_r = top + (kh + r) as isize;
+                    if src_r < 0 || src_r >= h as isize {
                         dst.fill(T::zero());
                         continue;
                     }
-                    let src = &xc[(src_r - 1) * w..][..w];
+                    let src = &xc[src_r as usize * w..][..w];
                     match kw {
                         0 => {
                             dst[0] = T::zero();
@@ -125,59 +263,45 @@ fn im2col3<T: Float>(
     }
 }
 
-impl Geom {
-    /// Number of (image, row tile) jobs.
-    fn n_jobs(&self) -> usize {
-        self.b * self.h.div_ceil(self.tile_rows())
-    }
-
-    /// Job `j` as (image, first row, rows).
-    fn job(&self, j: usize) -> (usize, usize, usize) {
-        let rows = self.tile_rows();
-        let tiles = self.h.div_ceil(rows);
-        let r0 = (j % tiles) * rows;
-        (j / tiles, r0, rows.min(self.h - r0))
-    }
-}
-
 /// Y = conv(X, W): `x` (B, I, H, W), `w` (O, I, k, k) → (B, O, H, W).
 pub(crate) fn forward<T: Float>(x: &[T], w: &[T], g: Geom) -> Vec<T> {
-    let (hw, kk) = (g.hw(), g.kk());
+    forward_with(x, w, g.forward_plan())
+}
+
+fn forward_with<T: Float>(x: &[T], w: &[T], g: Plan) -> Vec<T> {
+    let hw = g.hw();
     assert_eq!(x.len(), g.b * g.ci * hw, "conv2d: input length");
-    assert_eq!(w.len(), g.co * kk, "conv2d: kernel length");
+    assert_eq!(w.len(), g.co * g.ci * g.k * g.k, "conv2d: kernel length");
     let len = g.b * g.co * hw;
-    if len == 0 || kk == 0 {
+    if len == 0 || g.ci == 0 {
         return vec![T::zero(); len];
     }
+    let (np, depth) = g.passes();
+    let wp = g.pack_w(w);
     let job = |yp: SharedMut<T>, (bi, r0, nr): (usize, usize, usize)| {
-        let n = nr * g.w;
-        let xb = &x[bi * g.ci * hw..(bi + 1) * g.ci * hw];
-        // Y_tileᵀ (n × O) = col_tileᵀ (n × I·k²) · Wᵀ (I·k² × O); the pixel axis is the
-        // contiguous one, as gemm's kernels prefer.
-        // SAFETY: the views stay inside xb/col, w and image bi's output; jobs write disjoint
-        // (image, row) ranges of y.
-        let run = |lhs: *const T, lhs_cs: usize| unsafe {
-            gemm(
-                (n, g.co, kk),
-                yp.get().add(bi * g.co * hw + r0 * g.w),
-                (1, hw),
-                false,
-                lhs,
-                (1, lhs_cs),
-                w.as_ptr(),
-                (1, kk),
-            )
-        };
-        if g.k == 1 {
-            run(xb[r0 * g.w..].as_ptr(), hw)
-        } else {
-            T::with_scratch(kk * n, |col| {
-                im2col3(xb, (g.ci, g.h, g.w), r0, nr, col);
-                run(col.as_ptr(), n)
-            })
-        }
+        g.with_patches(x, (bi, r0, nr), |lhs, lhs_cs, offsets| {
+            for (t, &off) in offsets.iter().enumerate().take(np) {
+                // Y_tileᵀ (n × O) (+)= P_tᵀ (n × depth) · Wp_t (depth × O); pixels are the
+                // contiguous axis, as gemm's kernels prefer.
+                // SAFETY: the views stay inside the patch buffer (or xb), wp and image bi's
+                // output rows r0..r0 + nr, which no other job writes.
+                unsafe {
+                    gemm(
+                        (nr * g.w, g.co, depth),
+                        yp.get().add(bi * g.co * hw + r0 * g.w),
+                        (1, hw),
+                        t > 0,
+                        lhs.add(off),
+                        (1, lhs_cs),
+                        wp[t * g.co * depth..].as_ptr(),
+                        (1, depth),
+                    )
+                }
+            }
+        })
     };
-    // SAFETY: the jobs cover every (image, row) and each gemm writes all O channels of its rows.
+    // SAFETY: the jobs cover every (image, row) and the first pass writes all O channels of its
+    // rows before later passes read them.
     unsafe {
         filled(len, |y| {
             let yp = SharedMut(y.as_mut_ptr() as *mut T);
@@ -208,47 +332,58 @@ pub(crate) fn input_grad<T: Float>(dy: &[T], w: &[T], g: Geom) -> Vec<T> {
     )
 }
 
-/// dW = Σ over images and pixels of dY · col(X)ᵀ: `x` (B, I, H, W), `dy` (B, O, H, W).
+/// dW = Σ over images and pixels of dY · Pᵀ: `x` (B, I, H, W), `dy` (B, O, H, W).
 pub(crate) fn weight_grad<T: Float>(x: &[T], dy: &[T], g: Geom) -> Vec<T> {
-    let (hw, kk) = (g.hw(), g.kk());
+    weight_grad_with(x, dy, g.weight_grad_plan())
+}
+
+fn weight_grad_with<T: Float>(x: &[T], dy: &[T], g: Plan) -> Vec<T> {
+    let hw = g.hw();
     assert_eq!(x.len(), g.b * g.ci * hw, "conv2d: input length");
     assert_eq!(dy.len(), g.b * g.co * hw, "conv2d: output-gradient length");
-    let size = g.co * kk;
-    if hw == 0 {
+    let size = g.co * g.ci * g.k * g.k;
+    if hw == 0 || size == 0 {
         return vec![T::zero(); size];
     }
+    let (np, depth) = g.passes();
     let partials = par::fold(
         g.n_jobs(),
-        || vec![T::zero(); size],
+        || vec![T::zero(); np * depth * g.co],
         |acc: &mut Vec<T>, j| {
             let (bi, r0, nr) = g.job(j);
-            let n = nr * g.w;
-            let xb = &x[bi * g.ci * hw..(bi + 1) * g.ci * hw];
-            // dWᵀ (I·k² × O) += col_tile (I·k² × n) · dY_tileᵀ (n × O).
-            // SAFETY: the views stay inside xb/col, image bi's dy rows and acc (this thread's).
-            let mut run = |lhs: *const T, lhs_rs: usize| unsafe {
-                gemm(
-                    (kk, g.co, n),
-                    acc.as_mut_ptr(),
-                    (1, kk),
-                    true,
-                    lhs,
-                    (lhs_rs, 1),
-                    dy[bi * g.co * hw + r0 * g.w..].as_ptr(),
-                    (1, hw),
-                )
-            };
-            if g.k == 1 {
-                run(xb[r0 * g.w..].as_ptr(), hw)
-            } else {
-                T::with_scratch(kk * n, |col| {
-                    im2col3(xb, (g.ci, g.h, g.w), r0, nr, col);
-                    run(col.as_ptr(), n)
-                })
-            }
+            let dyt = dy[bi * g.co * hw + r0 * g.w..].as_ptr();
+            g.with_patches(x, (bi, r0, nr), |lhs, lhs_cs, offsets| {
+                for (t, &off) in offsets.iter().enumerate().take(np) {
+                    // dWp_tᵀ (O × depth) += dY_tile (O × n) · P_tᵀ (n × depth): O is gemm's row
+                    // axis, so gemm repacks only the thin dY tile.
+                    // SAFETY: the views stay inside image bi's dy rows, the patch buffer (or
+                    // xb) and this split's own accumulator.
+                    unsafe {
+                        gemm(
+                            (g.co, depth, nr * g.w),
+                            acc[t * depth * g.co..].as_mut_ptr(),
+                            (1, g.co),
+                            true,
+                            dyt,
+                            (hw, 1),
+                            lhs.add(off),
+                            (1, lhs_cs),
+                        )
+                    }
+                }
+            })
         },
     );
-    sum_parts(partials, size)
+    let acc = sum_parts(partials, np * depth * g.co);
+    let mut dw = vec![T::zero(); size];
+    for t in 0..np {
+        for r in 0..depth {
+            for o in 0..g.co {
+                dw[g.w_index(t, r, o)] = acc[(t * depth + r) * g.co + o];
+            }
+        }
+    }
+    dw
 }
 
 /// Element-wise sum of per-thread partial results.
@@ -356,31 +491,86 @@ mod tests {
     }
 
     #[test]
-    fn im2col_matches_direct_indexing_with_padding() {
+    fn shifted_rows_match_direct_indexing_with_padding() {
         let (ci, h, w) = (2, 4, 3);
         let x: Vec<f64> = (0..ci * h * w).map(|v| v as f64 + 1.0).collect();
-        let (r0, nr) = (1, 3);
-        let mut col = vec![f64::NAN; ci * 9 * nr * w];
-        im2col3(&x, (ci, h, w), r0, nr, &mut col);
-        for c in 0..ci {
-            for t in 0..9 {
-                for r in 0..nr {
-                    for j in 0..w {
-                        let (sr, sc) = ((r0 + r + t / 3) as isize - 1, (j + t % 3) as isize - 1);
-                        let want = if sr < 0 || sr >= h as isize || sc < 0 || sc >= w as isize {
-                            0.0
-                        } else {
-                            x[(c * h + sr as usize) * w + sc as usize]
-                        };
-                        assert_eq!(
-                            col[(c * 9 + t) * nr * w + r * w + j],
-                            want,
-                            "c{c} t{t} r{r} j{j}"
-                        );
+        // im2col layout (n_kh = 3) and the Rows layout (n_kh = 1, halo rows) of rows 1..4.
+        for (top, n_rows, n_kh) in [(0isize, 3usize, 3usize), (0, 5, 1), (-1, 2, 3)] {
+            let stride = padded_stride(n_rows * w);
+            let mut col = vec![f64::NAN; ci * n_kh * 3 * stride];
+            shifted_rows(&x, (ci, h, w), top, n_rows, n_kh, stride, &mut col);
+            for c in 0..ci {
+                for kh in 0..n_kh {
+                    for kw in 0..3 {
+                        for r in 0..n_rows {
+                            for j in 0..w {
+                                let (sr, sc) = (top + (kh + r) as isize, (j + kw) as isize - 1);
+                                let want =
+                                    if sr < 0 || sr >= h as isize || sc < 0 || sc >= w as isize {
+                                        0.0
+                                    } else {
+                                        x[(c * h + sr as usize) * w + sc as usize]
+                                    };
+                                let at = ((c * n_kh + kh) * 3 + kw) * stride + r * w + j;
+                                assert_eq!(col[at], want, "top {top} c{c} kh{kh} kw{kw} r{r} j{j}");
+                            }
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// Every way of building patches gives the reference forward and kernel gradient (the
+    /// reference's gradients are finite-difference checked in ops.rs), with several tiles.
+    #[test]
+    fn every_patch_mode_matches_the_reference_in_f64() -> Result<()> {
+        for (ci, k, rows_min_ci, mode) in [
+            (3, 3, usize::MAX, Mode::Full),
+            (3, 3, 0, Mode::Rows),
+            (4, 1, 0, Mode::Direct),
+        ] {
+            let g = Geom {
+                b: 2,
+                ci,
+                co: 5,
+                h: 9,
+                w: 600,
+                k,
+            };
+            let plan = g.plan(rows_min_ci);
+            assert_eq!(plan.mode, mode);
+            assert!(
+                plan.n_jobs() > 2 || mode == Mode::Direct,
+                "{mode:?}: several tiles per image"
+            );
+            let x = uniform(&[2, ci, 9, 600], -1.0, 1.0, 51, DType::F64);
+            let w = Var::from_tensor(&uniform(&[5, ci, k, k], -1.0, 1.0, 52, DType::F64))?;
+            let dy = uniform(&[2, 5, 9, 600], -1.0, 1.0, 53, DType::F64);
+            let y_ref = reference::conv2d(&x, &w)?;
+            let dw_ref = (&y_ref * &dy)?
+                .sum_all()?
+                .backward()?
+                .get(&w)
+                .unwrap()
+                .clone();
+            let xs = x.flatten_all()?.to_vec1::<f64>()?;
+            let ws = w.flatten_all()?.to_vec1::<f64>()?;
+            let dys = dy.flatten_all()?.to_vec1::<f64>()?;
+            let y = Tensor::from_vec(
+                forward_with(&xs, &ws, plan),
+                y_ref.dims(),
+                &candle_core::Device::Cpu,
+            )?;
+            let dw = Tensor::from_vec(
+                weight_grad_with(&xs, &dys, plan),
+                w.dims(),
+                &candle_core::Device::Cpu,
+            )?;
+            assert_close(&y, &y_ref, 1e-12, &format!("{mode:?} forward"));
+            assert_close(&dw, &dw_ref, 1e-12, &format!("{mode:?} dw"));
+        }
+        Ok(())
     }
 
     #[test]
@@ -427,11 +617,17 @@ mod tests {
 
     #[test]
     fn matches_reference_forward_and_gradients_in_f32() -> Result<()> {
-        // Sizes that exercise several row tiles per image (16 rows, 40·9 im2col rows) and batch > 1.
+        // The default plans, with several row tiles per image and batch > 1: 70 channels (Rows
+        // for forward and kernel gradient, 1-row tiles), 40 (Rows forward, Full kernel
+        // gradient), 4 (Full, 6-row tiles), Full in one tile, Direct (1×1; a single image is
+        // cut into 27-row tiles when there are several threads).
         for (b, ci, co, h, w, k) in [
+            (2, 70, 3, 5, 40, 3),
             (3, 40, 7, 16, 150, 3),
+            (2, 4, 3, 13, 200, 3),
             (2, 5, 3, 7, 9, 3),
             (3, 6, 4, 8, 6, 1),
+            (1, 6, 4, 40, 150, 1),
         ] {
             let x = Var::from_tensor(&uniform(&[b, ci, h, w], -1.0, 1.0, 8, DType::F32))?;
             let wt = Var::from_tensor(&uniform(&[co, ci, k, k], -0.3, 0.3, 9, DType::F32))?;
