@@ -79,17 +79,42 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 /// Mean binary cross-entropy on logits, stable at any magnitude:
 /// relu(x) − x·t + log(1 + exp(−|x|)). candle's own version overflows at |x| ≈ 20.
 pub fn bce_with_logits(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
-    reference::bce_with_logits(logits, target)
+    fused_loss(logits, target, (1.0, 0.0, 1.0))
+        .unwrap_or_else(|| reference::bce_with_logits(logits, target))
 }
 
 /// Soft Dice loss on logits over the whole batch: 1 − (2Σpt + s) / (Σp + Σt + s), p = σ(x).
 pub fn soft_dice_loss(logits: &Tensor, target: &Tensor, smooth: f64) -> Result<Tensor> {
-    reference::soft_dice_loss(logits, target, smooth)
+    fused_loss(logits, target, (0.0, 1.0, smooth))
+        .unwrap_or_else(|| reference::soft_dice_loss(logits, target, smooth))
 }
 
 /// The training loss: BCE + soft Dice (smooth 1), as in `torch_unet.py`.
 pub fn bce_dice_loss(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
-    bce_with_logits(logits, target)? + soft_dice_loss(logits, target, 1.0)?
+    fused_loss(logits, target, (1.0, 1.0, 1.0)).unwrap_or_else(|| {
+        reference::bce_with_logits(logits, target)?
+            + reference::soft_dice_loss(logits, target, 1.0)?
+    })
+}
+
+/// `w_bce·BCE + w_dice·Dice(smooth)` through the fused CPU op, or `None` where it does not
+/// apply (not CPU f32/f64, or a target that itself takes a gradient).
+fn fused_loss(
+    logits: &Tensor,
+    target: &Tensor,
+    (w_bce, w_dice, smooth): (f64, f64, f64),
+) -> Option<Result<Tensor>> {
+    if !cpu::supported(logits) || !target.device().is_cpu() || target.track_op() {
+        return None;
+    }
+    cpu::keep_freed_memory();
+    let run = || {
+        let t = target.to_dtype(logits.dtype())?.contiguous()?;
+        logits
+            .contiguous()?
+            .apply_op2(&t, cpu::loss::BceDice::new(w_bce, w_dice, smooth))
+    };
+    Some(run())
 }
 
 /// Casts to f32 if needed: training on CPU runs in f32 (bf16 conv errors there).

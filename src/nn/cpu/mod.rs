@@ -1,8 +1,8 @@
 //! Own CPU kernels for the training ops, wrapped as candle custom ops (`CustomOp1/2/3`).
 //!
 //! Owns: the 3×3/1×1 convolution ([`conv`]), the 2×2 stride-2 transposed convolution
-//! ([`conv_transpose`]), the 2×2 max-pool ([`pool`]), the fused GroupNorm ([`norm`]) and ReLU
-//! ([`activation`]). [`crate::nn::ops`] dispatches to these on CPU for f32 and f64 and to the
+//! ([`conv_transpose`]), the 2×2 max-pool ([`pool`]), the fused GroupNorm ([`norm`]), ReLU
+//! ([`activation`]) and the fused BCE + Dice loss ([`loss`]). [`crate::nn::ops`] dispatches to these on CPU for f32 and f64 and to the
 //! candle-native reference bodies elsewhere.
 //!
 //! Design:
@@ -21,6 +21,7 @@
 pub mod activation;
 pub mod conv;
 pub mod conv_transpose;
+pub mod loss;
 pub mod norm;
 pub(crate) mod par;
 pub mod pool;

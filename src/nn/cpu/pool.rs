@@ -2,10 +2,10 @@
 //!
 //! Key type: [`MaxPool2x2`], a `CustomOp1` on x: (B, C, H, W), H and W even.
 //!
-//! Design: one rayon job per run of (image, channel) planes. The window is scanned in row-major
-//! order and the first maximum wins (a NaN counts as the maximum, so it propagates), exactly as
-//! PyTorch picks its index; the backward rescans the input (no saved indices) and routes each
-//! output gradient to that one element. candle's `max_pool2d` instead scales the gradient by 1/4
+//! Design: one job per run of (image, channel) planes. The gradient of a window goes to its
+//! first maximum in row-major order (a NaN counts as the maximum and propagates), exactly the
+//! element PyTorch's index points to; the backward finds it again by comparing the input with
+//! the pooled output (no saved indices) and routes the output gradient to that one element. candle's `max_pool2d` instead scales the gradient by 1/4
 //! and the reshape+max reference gives every tied element the full gradient.
 
 use super::{Float, filled, par, slice, tensor, with_data};
@@ -25,21 +25,35 @@ fn dims(s: &Shape) -> Result<(usize, usize, usize, usize)> {
     Ok((b, c, h, w))
 }
 
-/// Index (0..4, row-major) of the first maximum of a window; NaN wins.
-#[inline]
-fn argmax4<T: Float>(v: [T; 4]) -> usize {
-    let mut best = 0;
-    for i in 1..4 {
-        #[allow(clippy::eq_op)]
-        let is_nan = v[i] != v[i];
-        if v[i] > v[best] || is_nan {
-            best = i;
-            if is_nan {
-                break;
-            }
-        }
+/// The maximum of a window; NaN if any element is NaN (as in PyTorch).
+#[inline(always)]
+fn max4<T: Float>(a: T, b: T, c: T, d: T) -> T {
+    let mx = |u: T, v: T| if v > u { v } else { u };
+    #[allow(clippy::eq_op)]
+    let nan = a != a || b != b || c != c || d != d;
+    // a + b + c + d is NaN when one of them is.
+    if nan {
+        a + b + c + d
+    } else {
+        mx(mx(a, b), mx(c, d))
     }
-    best
+}
+
+/// Index (0..4, row-major) of the window element the gradient goes to: the first equal to the
+/// window's maximum `m`, or the first NaN when `m` is NaN.
+#[inline(always)]
+fn first_max<T: Float>([a, b, c, d]: [T; 4], m: T) -> usize {
+    #[allow(clippy::eq_op)]
+    let is = |v: T| v == m || (m != m && v != v);
+    if is(a) {
+        0
+    } else if is(b) {
+        1
+    } else if is(c) {
+        2
+    } else {
+        3
+    }
 }
 
 /// Planes per rayon job, so that small planes do not become tiny jobs.
@@ -62,9 +76,12 @@ fn forward<T: Float>(x: &[T], (h, w): (usize, usize)) -> Vec<T> {
                 for (yp, xp) in ys.chunks_exact_mut(oh * ow).zip(xs.chunks_exact(h * w)) {
                     for (i, yr) in yp.chunks_exact_mut(ow).enumerate() {
                         let (r0, r1) = (&xp[2 * i * w..][..w], &xp[(2 * i + 1) * w..][..w]);
-                        for (j, out) in yr.iter_mut().enumerate() {
-                            let v = [r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]];
-                            out.write(v[argmax4(v)]);
+                        for ((out, p0), p1) in yr
+                            .iter_mut()
+                            .zip(r0.chunks_exact(2))
+                            .zip(r1.chunks_exact(2))
+                        {
+                            out.write(max4(p0[0], p0[1], p1[0], p1[1]));
                         }
                     }
                 }
@@ -73,30 +90,41 @@ fn forward<T: Float>(x: &[T], (h, w): (usize, usize)) -> Vec<T> {
     }
 }
 
-fn backward<T: Float>(x: &[T], dy: &[T], (h, w): (usize, usize)) -> Vec<T> {
+/// dx from the input, the pooled output `y` and its gradient `dy`.
+fn backward<T: Float>(x: &[T], y: &[T], dy: &[T], (h, w): (usize, usize)) -> Vec<T> {
     let (oh, ow) = (h / 2, w / 2);
     if dy.is_empty() {
         return vec![T::zero(); x.len()];
     }
     let per = planes_per_job(h * w);
-    // SAFETY: the chunks cover dx, the windows tile each plane (even H and W), and all four
-    // elements of every window are written.
+    // SAFETY: the chunks cover dx, the windows tile each plane (even H and W), and both
+    // elements of both rows of every window are written.
     unsafe {
         filled(x.len(), |dx| {
             par::chunks_mut(dx, h * w * per, |i, dxs| {
-                let (xs, dys) = (&x[i * h * w * per..], &dy[i * oh * ow * per..]);
-                for ((dxp, xp), dyp) in dxs
+                let (xs, ys, dys) = (
+                    &x[i * h * w * per..],
+                    &y[i * oh * ow * per..],
+                    &dy[i * oh * ow * per..],
+                );
+                let planes = dxs
                     .chunks_exact_mut(h * w)
                     .zip(xs.chunks_exact(h * w))
-                    .zip(dys.chunks_exact(oh * ow))
-                {
-                    for (i, dyr) in dyp.chunks_exact(ow).enumerate() {
-                        for (j, &g) in dyr.iter().enumerate() {
-                            let (a, b) = (2 * i * w + 2 * j, (2 * i + 1) * w + 2 * j);
-                            let k = argmax4([xp[a], xp[a + 1], xp[b], xp[b + 1]]);
-                            for (t, idx) in [a, a + 1, b, b + 1].into_iter().enumerate() {
-                                dxp[idx].write(if t == k { g } else { T::zero() });
-                            }
+                    .zip(ys.chunks_exact(oh * ow))
+                    .zip(dys.chunks_exact(oh * ow));
+                for (((dxp, xp), yp), dyp) in planes {
+                    for (i, (yr, dyr)) in yp.chunks_exact(ow).zip(dyp.chunks_exact(ow)).enumerate()
+                    {
+                        let (r0, r1) = (&xp[2 * i * w..][..w], &xp[(2 * i + 1) * w..][..w]);
+                        let (d0, d1) = dxp[2 * i * w..][..2 * w].split_at_mut(w);
+                        for j in 0..ow {
+                            let (a, b) = (2 * j, 2 * j + 1);
+                            let k = first_max([r0[a], r0[b], r1[a], r1[b]], yr[j]);
+                            let (g, z) = (dyr[j], T::zero());
+                            d0[a].write(if k == 0 { g } else { z });
+                            d0[b].write(if k == 1 { g } else { z });
+                            d1[a].write(if k == 2 { g } else { z });
+                            d1[b].write(if k == 3 { g } else { z });
                         }
                     }
                 }
@@ -124,18 +152,26 @@ impl CustomOp1 for MaxPool2x2 {
         Ok((y, Shape::from((b, c, h / 2, w / 2))))
     }
 
-    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let (_, _, h, w) = dims(x.shape())?;
         let dy = dy.contiguous()?;
-        fn run<T: Float>(x: &Tensor, dy: &Tensor, hw: (usize, usize)) -> Result<Tensor> {
-            let v = with_data::<T, _>(x, "max_pool2x2", |xs| {
-                with_data::<T, _>(dy, "max_pool2x2", |d| Ok(backward(xs, d, hw)))
+        fn run<T: Float>(
+            x: &Tensor,
+            y: &Tensor,
+            dy: &Tensor,
+            hw: (usize, usize),
+        ) -> Result<Tensor> {
+            let op = "max_pool2x2";
+            let v = with_data::<T, _>(x, op, |xs| {
+                with_data::<T, _>(y, op, |ys| {
+                    with_data::<T, _>(dy, op, |d| Ok(backward(xs, ys, d, hw)))
+                })
             })?;
             tensor(v, x.dims())
         }
         let dx = match x.dtype() {
-            DType::F32 => run::<f32>(x, &dy, (h, w))?,
-            DType::F64 => run::<f64>(x, &dy, (h, w))?,
+            DType::F32 => run::<f32>(x, y, &dy, (h, w))?,
+            DType::F64 => run::<f64>(x, y, &dy, (h, w))?,
             dt => candle_core::bail!("max_pool2x2: expected f32 or f64, got {dt:?}"),
         };
         Ok(Some(dx))
