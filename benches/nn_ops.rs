@@ -157,6 +157,7 @@ struct OpSet {
     pool: fn(&Tensor) -> Result<Tensor>,
     norm: fn(&Tensor, usize, &Tensor, &Tensor, f64) -> Result<Tensor>,
     relu: fn(&Tensor) -> Result<Tensor>,
+    loss: fn(&Tensor, &Tensor) -> Result<Tensor>,
 }
 
 struct DoubleConv {
@@ -265,10 +266,14 @@ fn main() {
         .find(|a| !a.starts_with('-'))
         .unwrap_or_default();
     let want = |name: &str| name.contains(filter.as_str());
+    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| "unset".into());
     println!(
-        "nn_ops bench: {} rayon threads, f32, batch 8; times in ms: min (median, cpu median)",
-        rayon::current_num_threads()
+        "nn_ops bench: {} rayon threads (RAYON_NUM_THREADS {}, CANDLE_NUM_THREADS {}), f32, batch 8",
+        rayon::current_num_threads(),
+        env("RAYON_NUM_THREADS"),
+        env("CANDLE_NUM_THREADS")
     );
+    println!("times in ms: fastest wall (median wall, median process CPU over all threads)");
     let reps = 7;
     let b = 8;
 
@@ -390,6 +395,7 @@ fn main() {
             pool: ops::max_pool2x2,
             norm: ops::group_norm,
             relu: ops::relu,
+            loss: ops::bce_dice_loss,
         };
         let refr = OpSet {
             conv: reference::conv2d,
@@ -397,6 +403,7 @@ fn main() {
             pool: reference::max_pool2x2,
             norm: reference::group_norm,
             relu: reference::relu,
+            loss: |y, t| reference::bce_with_logits(y, t)? + reference::soft_dice_loss(y, t, 1.0)?,
         };
         let net = Unet::new(&[16, 32, 64, 128]);
         let x = rand(&[b, 1, 128, 128], 1.0);
@@ -413,7 +420,7 @@ fn main() {
             let fwd = time(reps, || net.forward(o, &x).map(|_| ()));
             let step = time(reps, || {
                 let y = net.forward(o, &x)?;
-                ops::bce_dice_loss(&y, &t)?.backward().map(|_| ())
+                (o.loss)(&y, &t)?.backward().map(|_| ())
             });
             row.push((fwd, step));
         }

@@ -2,21 +2,23 @@
 //!
 //! Owns: the 3×3/1×1 convolution ([`conv`]), the 2×2 stride-2 transposed convolution
 //! ([`conv_transpose`]), the 2×2 max-pool ([`pool`]), the fused GroupNorm ([`norm`]), ReLU
-//! ([`activation`]) and the fused BCE + Dice loss ([`loss`]). [`crate::nn::ops`] dispatches to these on CPU for f32 and f64 and to the
-//! candle-native reference bodies elsewhere.
+//! ([`activation`]) and the fused BCE + Dice loss ([`loss`]). [`crate::nn::ops`] dispatches
+//! to these on CPU for f32 and f64, and to the candle-native reference bodies elsewhere.
 //!
 //! Design:
 //! - Every kernel is generic over [`Float`] (f32 for training, f64 for the finite-difference
 //!   tests); the `gemm` crate is generic over both.
-//! - Inputs reach the kernels contiguous (the public functions call `.contiguous()`), so kernels
-//!   work on plain slices in NCHW order.
+//! - Inputs reach the kernels contiguous (the public functions call `.contiguous()`), so the
+//!   kernels work on plain NCHW slices.
 //! - A forward op records which of its inputs take part in the graph (`Tensor::track_op`), and
 //!   its `bwd` computes only those gradients: a frozen base weight or the input image costs
 //!   nothing in backward.
-//! - Backward kernels run as "no backward" custom ops or straight on the storages; their
-//!   outputs are leaves (no second-order gradients).
-//! - Parallelism is rayon over independent jobs (images, row tiles, groups); `gemm` itself
-//!   runs single-threaded inside a job.
+//! - `bwd` runs the backward kernels straight on the storages ([`with_data`]); their outputs
+//!   are graph leaves (no second-order gradients).
+//! - Outputs are written without zero-filling first ([`filled`]); patch tiles live in a
+//!   per-thread scratch buffer; [`keep_freed_memory`] stops glibc from unmapping freed
+//!   tensors. Measured reasons are in each item's docs.
+//! - Parallel loops go through [`par`] (rayon); `gemm` itself runs single-threaded inside a job.
 
 pub mod activation;
 pub mod conv;
@@ -174,6 +176,18 @@ pub(crate) unsafe fn gemm<T: Float>(
     if m == 0 || n == 0 {
         return;
     }
+    if k == 0 {
+        // An empty product: dst stays or becomes zero (dst may be uninitialised memory).
+        if !accumulate {
+            for c in 0..n {
+                for r in 0..m {
+                    // SAFETY: (r, c) is in bounds of dst by the caller's contract.
+                    unsafe { dst.add(r * dst_rs + c * dst_cs).write(T::zero()) };
+                }
+            }
+        }
+        return;
+    }
     // SAFETY: forwarded from the caller; gemm's argument order is (cs, rs) and
     // dst = alpha·dst + beta·lhs·rhs, with alpha read only when read_dst is set.
     unsafe {
@@ -301,6 +315,32 @@ mod tests {
             )
         };
         assert_eq!(dst, [14.0, 32.0, 5.0, 8.0]);
+        unsafe {
+            gemm(
+                (2, 2, 0),
+                dst.as_mut_ptr(),
+                (1, 2),
+                true,
+                lhs.as_ptr(),
+                (3, 1),
+                rhs.as_ptr(),
+                (1, 3),
+            )
+        };
+        assert_eq!(dst, [14.0, 32.0, 5.0, 8.0]);
+        unsafe {
+            gemm(
+                (2, 2, 0),
+                dst.as_mut_ptr(),
+                (1, 2),
+                false,
+                lhs.as_ptr(),
+                (3, 1),
+                rhs.as_ptr(),
+                (1, 3),
+            )
+        };
+        assert_eq!(dst, [0.0; 4]);
     }
 
     #[test]

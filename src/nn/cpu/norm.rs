@@ -104,6 +104,9 @@ fn forward<T: Float>(
     (y, st)
 }
 
+/// Per-channel (Σ dy, Σ dy·x̂) of one (image, group).
+type ChannelSums = Vec<(f64, f64)>;
+
 /// Gradients: dx (when `need_x`) and per-channel (Σ dy·x̂, Σ dy) summed over images.
 fn backward<T: Float>(
     x: &[T],
@@ -126,7 +129,7 @@ fn backward<T: Float>(
         |j: usize, xs: &[T], dys: &[T], dx: Option<&mut [MaybeUninit<T>]>| -> Vec<(f64, f64)> {
             let (mean, rstd) = st[j];
             let g = j % groups;
-            let sums: Vec<(f64, f64)> = xs
+            let sums: ChannelSums = xs
                 .chunks_exact(hw)
                 .zip(dys.chunks_exact(hw))
                 .map(|(xc, dc)| {
@@ -160,7 +163,7 @@ fn backward<T: Float>(
             }
             sums
         };
-    let (dx, sums): (Option<Vec<T>>, Vec<Vec<(f64, f64)>>) = if need_x {
+    let (dx, sums): (Option<Vec<T>>, Vec<ChannelSums>) = if need_x {
         let mut sums = Vec::new();
         // SAFETY: the chunks cover dx and the job writes every element of its chunk.
         let dx = unsafe {

@@ -42,7 +42,7 @@ fn max4<T: Float>(a: T, b: T, c: T, d: T) -> T {
 /// Index (0..4, row-major) of the window element the gradient goes to: the first equal to the
 /// window's maximum `m`, or the first NaN when `m` is NaN.
 #[inline(always)]
-fn first_max<T: Float>([a, b, c, d]: [T; 4], m: T) -> usize {
+fn first_max<T: Float>([a, b, c, _]: [T; 4], m: T) -> usize {
     #[allow(clippy::eq_op)]
     let is = |v: T| v == m || (m != m && v != v);
     if is(a) {
