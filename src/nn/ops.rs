@@ -1,11 +1,16 @@
 //! The op set the Unet trains through, with one signature per op.
 //!
 //! Every function here dispatches by device and dtype: on CPU with f32 or f64 it runs the own op
-//! from [`crate::nn::cpu`] (im2col + gemm convolutions, fused GroupNorm, a max-pool with
-//! PyTorch's gradient, each computing only the gradients the graph needs); anywhere else (CUDA,
-//! other dtypes) it runs the candle-native composition in [`reference`], whose gradients are
-//! right (see the project notes). [`reference`] is also the oracle the own ops are tested
-//! against. Dispatch needs no cargo feature: it asks `Tensor::device().is_cpu()`.
+//! from [`crate::nn::cpu`] (im2col + gemm convolutions, fused GroupNorm and BCE + Dice, a
+//! max-pool with PyTorch's gradient, each computing only the gradients the graph needs);
+//! anywhere else (CUDA, other dtypes) it runs the candle-native composition in [`reference`],
+//! whose gradients are right (see the project notes). [`reference`] is also the oracle the own
+//! ops are tested against. Dispatch needs no cargo feature: it asks `Tensor::device().is_cpu()`.
+//!
+//! The own ops give the reference's values and gradients (tested to 1e-5 in f32) with two
+//! deliberate differences at non-differentiable points: ReLU's gradient at exactly 0 is 0
+//! (PyTorch's choice; candle uses 1), and a max-pool window with tied maxima sends its gradient
+//! to the first of them only (PyTorch's choice; the reshape+max reference gives it to each).
 
 use candle_core::{DType, Result, Tensor};
 
@@ -67,7 +72,8 @@ pub fn group_norm(
     x.apply_op3(&gamma, &beta, cpu::norm::GroupNorm::new(groups, eps, need))
 }
 
-/// max(x, 0); the gradient at exactly 0 is 0 on CPU (PyTorch's choice), 1 elsewhere (candle's).
+/// max(x, 0). The gradient at exactly 0 is 0 with the own op (CPU, PyTorch's choice) and 1
+/// with the reference (other devices, candle's).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     if !cpu::supported(x) {
         return reference::relu(x);

@@ -8,8 +8,8 @@
 //! With p = σ(x), N elements, P = Σp, T = Σt, I = Σp·t, D = P + T + s:
 //!   BCE  = Σ [max(x, 0) − x·t + log(1 + e^−|x|)] / N,   ∂/∂x = (p − t) / N;
 //!   Dice = 1 − (2I + s) / D,   ∂/∂x = −(2t·D − (2I + s)) / D² · p(1 − p).
-//! The sums are accumulated in f64; the forward keeps (P, T, I) for the backward. The target
-//! takes no gradient (it is data).
+//! Per-element math runs in the input's precision, the sums in f64; the forward keeps
+//! (P, T, I) for the backward. The target takes no gradient (it is data).
 
 use std::sync::OnceLock;
 
@@ -42,29 +42,30 @@ impl BceDice {
     }
 }
 
-/// σ(x) and the stable BCE term max(x, 0) − x·t + log(1 + e^−|x|), in f64.
+/// σ(x) and the stable BCE term max(x, 0) − x·t + log(1 + e^−|x|), in the input's precision
+/// (f32 transcendentals are what make the op cheap; the sums are f64).
 #[inline]
-fn terms(x: f64, t: f64) -> (f64, f64) {
-    let e = (-x.abs()).exp();
-    let p = if x >= 0.0 {
-        1.0 / (1.0 + e)
+fn terms<T: Float>(x: T, t: T) -> (T, T) {
+    let one = T::one();
+    let e = (T::zero() - x.abs()).exp();
+    let p = if x >= T::zero() {
+        one / (one + e)
     } else {
-        e / (1.0 + e)
+        e / (one + e)
     };
-    (p, x.max(0.0) - x * t + e.ln_1p())
+    let relu = if x > T::zero() { x } else { T::zero() };
+    (p, relu - x * t + e.ln_1p())
 }
 
 /// (Σ BCE terms, P, T, I).
 fn sums<T: Float>(x: &[T], t: &[T]) -> (f64, f64, f64, f64) {
     let parts = par::map(x.len().div_ceil(CHUNK), |c| {
-        let (xs, ts) = (
-            &x[c * CHUNK..x.len().min((c + 1) * CHUNK)],
-            &t[c * CHUNK..t.len().min((c + 1) * CHUNK)],
-        );
+        let end = x.len().min((c + 1) * CHUNK);
+        let (xs, ts) = (&x[c * CHUNK..end], &t[c * CHUNK..end]);
         let mut s = (0.0, 0.0, 0.0, 0.0);
         for (&xv, &tv) in xs.iter().zip(ts) {
-            let (xv, tv) = (xv.to_f64(), tv.to_f64());
             let (p, b) = terms(xv, tv);
+            let (p, b, tv) = (p.to_f64(), b.to_f64(), tv.to_f64());
             s = (s.0 + b, s.1 + p, s.2 + tv, s.3 + p * tv);
         }
         s
@@ -98,18 +99,22 @@ impl BceDice {
         };
         let n = x.len() as f64;
         let d = p_sum + t_sum + self.smooth;
-        let (cb, cd) = (g * self.w_bce / n, -g * self.w_dice / (d * d));
-        let num = 2.0 * i_sum + self.smooth;
+        // ∂/∂x = cb·(p − t) + cd·(2t·D − num)·p(1 − p), with the constants in T.
+        let cb = T::from_f64(g * self.w_bce / n);
+        let cd = -g * self.w_dice / (d * d);
+        let (cd_2d, cd_num) = (
+            T::from_f64(cd * 2.0 * d),
+            T::from_f64(cd * (2.0 * i_sum + self.smooth)),
+        );
         // SAFETY: the chunks cover dx and every element is written.
         unsafe {
             filled(x.len(), |dx| {
                 par::chunks_mut(dx, CHUNK, |c, dxs| {
                     let (xs, ts) = (&x[c * CHUNK..], &t[c * CHUNK..]);
                     for ((d_out, &xv), &tv) in dxs.iter_mut().zip(xs).zip(ts) {
-                        let (xv, tv) = (xv.to_f64(), tv.to_f64());
                         let (p, _) = terms(xv, tv);
-                        let v = cb * (p - tv) + cd * (2.0 * tv * d - num) * p * (1.0 - p);
-                        d_out.write(T::from_f64(v));
+                        let v = cb * (p - tv) + (cd_2d * tv - cd_num) * p * (T::one() - p);
+                        d_out.write(v);
                     }
                 })
             })

@@ -35,6 +35,10 @@ use candle_core::{CpuStorage, DType, Device, Layout, Result, Storage, Tensor, Wi
 
 /// The float types the own ops support: f32 (training) and f64 (finite-difference checks).
 pub trait Float: WithDType + Default + std::iter::Sum {
+    fn exp(self) -> Self;
+    fn ln_1p(self) -> Self;
+    fn abs(self) -> Self;
+
     /// Runs `f` on this thread's scratch buffer of at least `n` elements (contents arbitrary).
     /// Kernels reuse it for im2col tiles instead of allocating and zeroing one per job.
     fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
@@ -47,6 +51,18 @@ macro_rules! impl_float {
         }
 
         impl Float for $t {
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+
+            fn ln_1p(self) -> Self {
+                <$t>::ln_1p(self)
+            }
+
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+
             fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
                 $scratch.with(|cell| match cell.try_borrow_mut() {
                     Ok(mut buf) => {
