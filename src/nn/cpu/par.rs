@@ -2,16 +2,16 @@
 //!
 //! The kernels only need three shapes of loop: per-index jobs ([`for_each`]), per-thread
 //! accumulators ([`fold`], for kernel gradients) and disjoint output chunks ([`chunks_map`]).
-//! Keeping them here keeps the scheduling policy (chunk sizes, nesting) in one place.
+//! Keeping them here keeps the scheduling policy (chunk sizes, accumulator counts) in one place.
 //!
 //! Threads: rayon's pool (`RAYON_NUM_THREADS`, default the core count). candle 0.11 runs its own
-//! element-wise ops on a second, spinning pool (`candle_core::utils::barrier_pool`, sized by
-//! `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`). Running the kernels on that pool instead was
-//! measured worse on a loaded 2-core machine (its spin barrier waits on descheduled workers), so
-//! the kernels stay on rayon, whose idle workers yield. The two pools overlap only briefly (the
-//! spin after each candle op); a training process on few cores does best with
-//! `CANDLE_NUM_THREADS=1` (candle's memory-bound ops on one thread, no spinning): about 30% less
-//! CPU per Unet step on 2 cores, see `benches/nn_ops.rs`.
+//! element-wise ops on a second pool of spinning workers (`candle_core::utils::barrier_pool`,
+//! sized by `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`), which keep spinning for a while
+//! after each candle op, on the cores the kernels need. Running the kernels on that pool instead
+//! was measured worse on a loaded 2-core machine (its barrier spins on descheduled workers), so
+//! they stay on rayon, whose idle workers yield. A training process on few cores does best with
+//! `CANDLE_NUM_THREADS=1` (candle's memory-bound ops on the calling thread, no spinning): a
+//! quarter less CPU per Unet step on 2 cores (`benches/nn_ops.rs`, unet step, 480 vs 640 ms).
 
 use rayon::prelude::*;
 
