@@ -6,7 +6,7 @@
 //! matrix is sized to stay in L2 while `gemm` reads it, so no expanded copy reaches memory, and
 //! its rows are padded by a cache line so that gemm's walk down them does not hit one L1 set
 //! (rows a multiple of 4 KiB apart did: a 16→16-channel forward at 128² took 1.5× as long).
-//! Three ways to build it ([`Mode`]):
+//! Three ways to build it (`Mode`):
 //! - `Rows` (3×3 with many input channels: ≥ 32 for the forward, ≥ 64 for the kernel
 //!   gradient): only the three horizontal shifts are copied, rows (c, kw) over the tile plus one
 //!   halo row above and below; the vertical shift kh is a pointer offset of kh·W into that

@@ -13,12 +13,12 @@
 //! - A forward op records which of its inputs take part in the graph (`Tensor::track_op`), and
 //!   its `bwd` computes only those gradients: a frozen base weight or the input image costs
 //!   nothing in backward.
-//! - `bwd` runs the backward kernels straight on the storages ([`with_data`]); their outputs
+//! - `bwd` runs the backward kernels straight on the storages (`with_data`); their outputs
 //!   are graph leaves (no second-order gradients).
-//! - Outputs are written without zero-filling first ([`filled`]); patch tiles live in a
+//! - Outputs are written without zero-filling first (`filled`); patch tiles live in a
 //!   per-thread scratch buffer; [`keep_freed_memory`] stops glibc from unmapping freed
 //!   tensors. Measured reasons are in each item's docs.
-//! - Parallel loops go through [`par`] (rayon); `gemm` itself runs single-threaded inside a job.
+//! - Parallel loops go through `par` (rayon); `gemm` itself runs single-threaded inside a job.
 
 pub mod activation;
 pub mod conv;
