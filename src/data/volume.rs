@@ -15,11 +15,7 @@ pub struct Volume<T> {
 
 impl<T> Volume<T> {
     pub fn new(data: Array3<T>, spacing: [f64; 3]) -> Self {
-        Volume {
-            data,
-            spacing,
-            header: None,
-        }
+        Volume { data, spacing, header: None }
     }
 
     /// `[z, y, x]` sizes.

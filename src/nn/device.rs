@@ -7,9 +7,7 @@ use candle_core::Device;
 pub enum DeviceError {
     #[error("unknown device `{0}`: expected `cpu` or `cuda:N` (N a GPU index)")]
     Unknown(String),
-    #[error(
-        "device `{0}` needs the `cuda` feature: rebuild with `cargo build --release --features cuda`"
-    )]
+    #[error("device `{0}` needs the `cuda` feature: rebuild with `cargo build --release --features cuda`")]
     CudaNotBuilt(String),
     #[error("cannot open device `{name}`: {source}")]
     Open {
@@ -35,14 +33,8 @@ impl std::str::FromStr for DeviceSpec {
             return Ok(DeviceSpec::Cpu);
         }
         if let Some(idx) = t.strip_prefix("cuda:").or_else(|| t.strip_prefix("cuda")) {
-            let idx = if idx.is_empty() {
-                Ok(0)
-            } else {
-                idx.parse::<usize>()
-            };
-            return idx
-                .map(DeviceSpec::Cuda)
-                .map_err(|_| DeviceError::Unknown(s.to_string()));
+            let idx = if idx.is_empty() { Ok(0) } else { idx.parse::<usize>() };
+            return idx.map(DeviceSpec::Cuda).map_err(|_| DeviceError::Unknown(s.to_string()));
         }
         Err(DeviceError::Unknown(s.to_string()))
     }
@@ -69,10 +61,7 @@ impl DeviceSpec {
 
 #[cfg(feature = "cuda")]
 fn open_cuda(i: usize, name: &str) -> Result<Device, DeviceError> {
-    Device::new_cuda(i).map_err(|source| DeviceError::Open {
-        name: name.to_string(),
-        source,
-    })
+    Device::new_cuda(i).map_err(|source| DeviceError::Open { name: name.to_string(), source })
 }
 
 #[cfg(not(feature = "cuda"))]
