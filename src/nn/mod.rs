@@ -11,6 +11,7 @@ pub mod device;
 pub(crate) mod gradcheck;
 pub mod ops;
 
+pub use device::DeviceSpec;
 pub use ops::{
     bce_dice_loss, bce_with_logits, conv_transpose2x2, conv2d, group_norm, max_pool2x2, relu,
     soft_dice_loss,
