@@ -133,10 +133,13 @@ pub struct Slot {
 
 impl Slot {
     /// The environment a worker on this slot runs with.
-    pub fn env(&self) -> [(&'static str, String); 3] {
+    pub fn env(&self) -> [(&'static str, String); 4] {
         [
             ("CUDA_VISIBLE_DEVICES", self.device.cuda_visible_devices()),
             ("RAYON_NUM_THREADS", self.threads.to_string()),
+            // candle's own pool spins between ops and fights the job's rayon threads; the own
+            // ops parallelise through rayon, so candle's internal gemm threads stay at one.
+            ("CANDLE_NUM_THREADS", "1".to_string()),
             // The device spelled as the worker opens it, for workers that take no flag.
             ("RANKSWEEP_DEVICE", self.device.worker_device().to_string()),
         ]
