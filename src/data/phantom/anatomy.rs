@@ -938,11 +938,6 @@ impl Head {
         }
     }
 
-    #[cfg(test)]
-    pub fn layer_pub(&self, p: V3) -> (u8, u8) {
-        self.layer(p)
-    }
-
     /// Draws the head on the fine grid.
     pub fn render(&self, grid: &Grid) -> Fine {
         use class::*;
