@@ -3,4 +3,5 @@
 mod data;
 mod metrics;
 mod model;
+mod phantom;
 mod util;

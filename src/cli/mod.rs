@@ -18,6 +18,7 @@ pub mod bench;
 pub mod eval;
 pub mod inspect;
 pub mod model;
+pub mod synth;
 
 /// Exit code for usage and input errors.
 pub const EXIT_USAGE: u8 = 2;
@@ -39,6 +40,8 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Show what a NIfTI file or a dataset folder holds.
     Inspect(inspect::InspectArgs),
+    /// Synthesize a TBI or SAH head-CT phantom cohort (nnU-Net v2 layout).
+    Synth(synth::SynthArgs),
 }
 
 /// Parses the command line, runs the subcommand and maps errors to the documented exit codes.
@@ -50,6 +53,7 @@ pub fn main() -> ExitCode {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Eval(args) => eval::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Synth(args) => synth::run(args),
     };
     match result {
         Ok(code) => code,
