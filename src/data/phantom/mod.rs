@@ -18,7 +18,13 @@
 //!
 //! Every case is a pure function of (cohort, seed, index, grid): its random stream is ChaCha8
 //! seeded by the cohort seed with the case index as stream, so cases can be drawn in parallel
-//! and in any order, and case `i` does not depend on how many cases were asked for.
+//! and in any order, and case `i` does not depend on how many cases were asked for. Cohort
+//! schedules (TBI blood-free cases, SAH strata) are periodic in the index, so any window of
+//! cases is balanced.
+//!
+//! World coordinates are RAS mm with the origin at the brain centre; the volumes carry a
+//! NIfTI header with that affine (the aneurysm position in the metadata is in it). The default
+//! grid (64 × 64 × 24 at 3.4 × 3.4 × 6 mm) is rendered on 4 × 4 × 4 sub-samples per voxel.
 
 mod anatomy;
 pub mod baseline;
