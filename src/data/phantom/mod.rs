@@ -266,10 +266,25 @@ pub struct PhantomCase {
 /// All cases of `cfg`, drawn in parallel, in index order.
 pub fn synthesize(cfg: &PhantomConfig) -> Result<Vec<PhantomCase>, PhantomError> {
     cfg.validate()?;
-    Ok((0..cfg.cases)
-        .into_par_iter()
-        .map(|i| cohort::build_case(cfg, i))
-        .collect())
+    Ok(for_each_case(cfg, |i| cohort::build_case(cfg, i)))
+}
+
+/// Working memory all cases drawn at once may use; beyond it cases go in smaller groups.
+const PARALLEL_BUDGET_BYTES: usize = 4 << 30;
+/// Bytes per fine sample while a case is drawn (class, blood, lesion, compartment, zone).
+const BYTES_PER_FINE_SAMPLE: usize = 6;
+
+/// `f(i)` for every case index, in parallel, in index order. At realistic grids a case needs
+/// hundreds of MB, so at most `PARALLEL_BUDGET_BYTES` worth of cases run at once (each case is
+/// itself drawn in parallel).
+pub(crate) fn for_each_case<T: Send>(cfg: &PhantomConfig, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let per_case = raster::Grid::new(cfg.shape, cfg.spacing).fine_len() * BYTES_PER_FINE_SAMPLE;
+    let group = (PARALLEL_BUDGET_BYTES / per_case.max(1)).clamp(1, cfg.cases.max(1));
+    let indices: Vec<usize> = (0..cfg.cases).collect();
+    indices
+        .chunks(group)
+        .flat_map(|chunk| chunk.par_iter().map(|&i| f(i)).collect::<Vec<T>>())
+        .collect()
 }
 
 /// The case's random stream: ChaCha8 from (seed, cohort), stream = case index.

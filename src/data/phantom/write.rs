@@ -9,18 +9,17 @@
 //!
 //! Written atomically: everything goes to a hidden sibling folder which is renamed to `DIR`
 //! only when complete, so an interrupted run leaves no half cohort (and a failed one removes
-//! its temporary folder). Cases are drawn and written in parallel, one at a time per thread,
-//! so memory stays bounded at realistic sizes.
+//! its temporary folder). Cases are drawn and written in parallel, in groups sized so that
+//! memory stays bounded at realistic grids; only their metadata is kept.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
 use serde::Serialize;
 
 use super::cohort::{build_case, strata};
 use super::meta::{CaseMeta, CohortMeta};
-use super::{PhantomConfig, PhantomError, STRATA_ML, xyz};
+use super::{PhantomConfig, PhantomError, STRATA_ML, for_each_case, xyz};
 use crate::data::nifti::{write_i16, write_u8};
 
 /// What [`write_cohort`] wrote.
@@ -116,15 +115,14 @@ pub fn write_cohort(cfg: &PhantomConfig, out: &Path) -> Result<CohortSummary, Ph
     fs::create_dir_all(&images).map_err(io(&images))?;
     fs::create_dir_all(&labels).map_err(io(&labels))?;
 
-    let cases = (0..cfg.cases)
-        .into_par_iter()
-        .map(|i| {
-            let case = build_case(cfg, i);
-            write_i16(&case.image, images.join(format!("{}_0000.nii.gz", case.id)))?;
-            write_u8(&case.label, labels.join(format!("{}.nii.gz", case.id)))?;
-            Ok(case.meta)
-        })
-        .collect::<Result<Vec<CaseMeta>, PhantomError>>()?;
+    let cases = for_each_case(cfg, |i| {
+        let case = build_case(cfg, i);
+        write_i16(&case.image, images.join(format!("{}_0000.nii.gz", case.id)))?;
+        write_u8(&case.label, labels.join(format!("{}.nii.gz", case.id)))?;
+        Ok(case.meta)
+    })
+    .into_iter()
+    .collect::<Result<Vec<CaseMeta>, PhantomError>>()?;
 
     let [sx, sy, sz] = xyz(cfg.spacing);
     let [nx, ny, nz] = xyz(cfg.shape);
