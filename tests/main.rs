@@ -1,7 +1,12 @@
 //! Cross-module tests, one binary (each tests/*.rs file would be another slow link with candle).
 
 mod data;
+mod exec;
+mod job;
 mod metrics;
 mod model;
 mod phantom;
+mod report;
+mod slurm;
+mod sweep;
 mod util;

@@ -51,8 +51,8 @@ fn evaluate_dirs(pred_dir: &Path, truth_dir: &Path, strata: Strata) -> anyhow::R
     let pairs = pair_cases(pred_dir, truth_dir)?;
     let mut cases = Vec::with_capacity(pairs.len());
     for (case, (pred_path, truth_path)) in pairs {
-        let pred = nifti_reader::read_mask(&pred_path)?;
-        let truth = nifti_reader::read_mask(&truth_path)?;
+        let pred = crate::data::nifti::read_label(&pred_path)?;
+        let truth = crate::data::nifti::read_label(&truth_path)?;
         if pred.data.dim() != truth.data.dim() {
             bail!(
                 "{}: grid {:?} [z, y, x] differs from {}: {:?}",
@@ -257,87 +257,4 @@ fn tables(eval: &Evaluation) -> String {
     out += &format!("{agreement}\n");
     out += &format!("{} cases. {}\n", s.n_cases, eval.conventions);
     out
-}
-
-/// A minimal NIfTI mask reader for `eval`.
-///
-/// TEMPORARY: to be replaced by `crate::data::nifti` (written in parallel) at merge; it does
-/// only what `eval` needs: labels read as f32, rounded, non-zero = foreground, `[z, y, x]`.
-mod nifti_reader {
-    use std::path::Path;
-
-    use anyhow::{Context, bail};
-    use ndarray::{Array3, Axis, Ix3};
-    use nifti::{InMemNiftiVolume, IntoNdArray, NiftiObject, NiftiVolume, ReaderOptions};
-
-    use crate::data::Volume;
-
-    pub fn read_mask(path: &Path) -> anyhow::Result<Volume<u8>> {
-        let obj = ReaderOptions::new()
-            .read_file(path)
-            .with_context(|| format!("cannot read NIfTI file {}", path.display()))?;
-        let mut header = obj.header().clone();
-        let mut volume = obj.into_volume();
-        // A zero or non-finite slope means "no scaling" (NIfTI-1, nibabel); the crate would
-        // apply a NaN slope and turn the mask into NaN.
-        if !header.scl_slope.is_finite() || header.scl_slope == 0.0 {
-            if header.scl_slope != 0.0 {
-                tracing::warn!("{}: scl_slope {} ignored", path.display(), header.scl_slope);
-            }
-            header.scl_slope = 1.0;
-            header.scl_inter = 0.0;
-            volume = InMemNiftiVolume::from_raw_data(&header, volume.into_raw_data())
-                .with_context(|| format!("{}: cannot rebuild the volume", path.display()))?;
-        }
-        let dims = volume.dim().to_vec();
-        let mut data = volume
-            .into_ndarray::<f32>()
-            .with_context(|| format!("{}: cannot convert the voxels to numbers", path.display()))?;
-        // A trailing singleton time axis is fine.
-        while data.ndim() > 3 && data.len_of(Axis(data.ndim() - 1)) == 1 {
-            let last = Axis(data.ndim() - 1);
-            data = data.index_axis_move(last, 0);
-        }
-        let xyz = data.into_dimensionality::<Ix3>().map_err(|_| {
-            anyhow::anyhow!(
-                "{}: dimensions {dims:?}, expected a 3D volume",
-                path.display()
-            )
-        })?;
-        // NIfTI stores [x, y, z] in Fortran order: reversed, it is a C-order [z, y, x] array.
-        let zyx = xyz.reversed_axes();
-        if let Some(v) = zyx.iter().find(|v| !v.is_finite()) {
-            bail!(
-                "{}: voxel value {v}, expected finite labels",
-                path.display()
-            );
-        }
-        let mask: Array3<u8> = zyx.mapv(|v| u8::from(v.round() != 0.0));
-        // pixdim[1..4] are the x, y, z sizes: reversed for [z, y, x].
-        let unit = unit_to_mm(header.xyzt_units, path);
-        let spacing = [3, 2, 1].map(|i| f64::from(header.pixdim[i]).abs() * unit);
-        if spacing.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            bail!(
-                "{}: pixdim[1..4] {:?}, expected positive voxel sizes",
-                path.display(),
-                &header.pixdim[1..4]
-            );
-        }
-        let mut vol = Volume::new(mask, spacing);
-        vol.header = Some(Box::new(header));
-        Ok(vol)
-    }
-
-    /// Scale from the header's spatial unit to mm; unknown units are taken as mm.
-    fn unit_to_mm(xyzt_units: u8, path: &Path) -> f64 {
-        match xyzt_units & 0x07 {
-            1 => 1000.0,
-            3 => 0.001,
-            2 => 1.0,
-            _ => {
-                tracing::warn!("{}: spatial unit unknown, assuming mm", path.display());
-                1.0
-            }
-        }
-    }
 }

@@ -8,6 +8,9 @@
 //! | 0 | success |
 //! | 1 | the command ran and found something wrong (a regression, failed jobs) |
 //! | 2 | usage or input error: bad arguments, unreadable or invalid files |
+//!
+//! `worker` and `train` exit with the job's class instead (`train::protocol::ExitClass`):
+//! 0 ok, 1 failed, 3 nan, 4 oom, 5 timeout, 6 interrupted.
 
 use std::process::ExitCode;
 
@@ -15,10 +18,16 @@ use clap::{Parser, Subcommand};
 
 pub mod adapt_args;
 pub mod bench;
+pub mod compare;
 pub mod eval;
+pub mod exec;
 pub mod inspect;
 pub mod model;
+pub mod predict;
+pub mod report;
 pub mod synth;
+pub mod train;
+pub mod worker;
 
 /// Exit code for usage and input errors.
 pub const EXIT_USAGE: u8 = 2;
@@ -40,6 +49,19 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Show what a NIfTI file or a dataset folder holds.
     Inspect(inspect::InspectArgs),
+    /// Run a JSON list of prepared jobs as worker processes on device slots.
+    Exec(exec::ExecArgs),
+    /// Run one job file for a machine: JSON progress lines, exit code = class (0 ok, 1 failed,
+    /// 3 nan, 4 oom, 5 timeout, 6 interrupted).
+    Worker(worker::WorkerArgs),
+    /// Run one job file for a person: a progress bar and a summary table.
+    Train(train::TrainArgs),
+    /// Predict one scan with a base checkpoint (and adapter) per view.
+    Predict(predict::PredictArgs),
+    /// Write a sweep's report (tables, charts, CSV, LaTeX) from a ReportInput JSON file.
+    Report(report::ReportArgs),
+    /// Compare two sweeps cell by cell; exit 1 on a regression.
+    Compare(compare::CompareArgs),
     /// Synthesize a TBI or SAH head-CT phantom cohort (nnU-Net v2 layout).
     Synth(synth::SynthArgs),
 }
@@ -51,8 +73,14 @@ pub fn main() -> ExitCode {
     let result: anyhow::Result<ExitCode> = match cli.command {
         Command::Model(cmd) => model::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Worker(args) => worker::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Predict(args) => predict::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Report(args) => report::run(args),
+        Command::Compare(args) => compare::run(args),
+        Command::Exec(args) => exec::run(args),
         Command::Synth(args) => synth::run(args),
     };
     match result {

@@ -85,7 +85,7 @@ pub enum VolumeErrorKind {
     },
     #[error("invalid vox_offset {0}: expected a whole number of bytes >= 352")]
     VoxOffset(f32),
-    #[error("invalid spacing pixdim[{index}] = {value}: expected a positive, finite voxel size")]
+    #[error("invalid spacing pixdim[{index}] = {value}: expected a non-zero, finite voxel size")]
     Spacing { index: usize, value: f32 },
     #[error("truncated voxel data: expected {expected} bytes from offset {offset}, found {found}")]
     Truncated {
@@ -386,9 +386,16 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<HeaderInfo, VolumeErrorKind
 
     for index in 1..=3 {
         let value = header.pixdim[index];
-        // Spec: pixdim[1..3] are positive; a flip belongs in qfac (pixdim[0]) or the affine.
-        if !(value.is_finite() && value > 0.0) {
+        // Zero or non-finite sizes are unusable. Negative ones occur in real headers (a flip
+        // that belongs in qfac or the affine): spacing is |pixdim| as nibabel reads it.
+        if !(value.is_finite() && value != 0.0) {
             return Err(VolumeErrorKind::Spacing { index, value });
+        }
+        if value < 0.0 {
+            tracing::warn!(
+                "{}: pixdim[{index}] = {value} is negative; using |pixdim|",
+                path.display()
+            );
         }
     }
     let to_mm = space_unit_to_mm(&header).unwrap_or_else(|| {
@@ -399,7 +406,7 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<HeaderInfo, VolumeErrorKind
         );
         1.0
     });
-    let p = |i: usize| decimal_f64(header.pixdim[i]) * to_mm;
+    let p = |i: usize| decimal_f64(header.pixdim[i]).abs() * to_mm;
     let spacing = [p(3), p(2), p(1)];
     Ok(HeaderInfo {
         header,
@@ -956,11 +963,6 @@ mod tests {
                 "pixdim[1] = 0",
             ),
             (
-                "neg.nii.gz",
-                gzip(&patched(&|b| put_f32(b, PIXDIM + 12, -5.0))),
-                "pixdim[3] = -5",
-            ),
-            (
                 "nanpix.nii",
                 patched(&|b| put_f32(b, PIXDIM + 8, f32::NAN)),
                 "pixdim[2] = NaN",
@@ -1008,6 +1010,10 @@ mod tests {
             assert!(text.contains(name) && text.contains(msg), "{name}: {text}");
             assert_eq!(e.path, p);
         }
+        // A negative voxel size is a flip, not an error: spacing is |pixdim|.
+        let neg = dir.path().join("neg.nii.gz");
+        fs::write(&neg, gzip(&patched(&|b| put_f32(b, PIXDIM + 12, -5.0)))).unwrap();
+        assert_eq!(read_volume(&neg).unwrap().spacing[0], 5.0);
         // A folder, or a missing file: an I/O error naming it.
         let e = read_volume(dir.path()).unwrap_err();
         assert!(matches!(e.kind, VolumeErrorKind::Io(_)), "{e}");

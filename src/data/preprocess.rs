@@ -146,7 +146,9 @@ pub fn window_slice(hu: ArrayView2<'_, f32>, windows: &[HuWindow]) -> Array3<f32
 }
 
 /// The orientation of the 2D slices a model sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum View {
     /// z slices, `[y, x]`: the plane CT is acquired in.

@@ -379,6 +379,21 @@ mod tests {
     }
 
     #[test]
+    fn identical_models_give_identical_files() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let m = Unet2d::init(&tiny(), 7, &Device::Cpu)?;
+        let hashes: Vec<String> = (0..4)
+            .map(|i| {
+                let p = dir.path().join(format!("b{i}.safetensors"));
+                save_base(&m, &p).unwrap();
+                file_sha256(&p).unwrap()
+            })
+            .collect();
+        assert!(hashes.iter().all(|h| h == &hashes[0]), "{hashes:?}");
+        Ok(())
+    }
+
+    #[test]
     fn base_round_trip_is_bit_exact() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let m = Unet2d::init(&tiny(), 7, &Device::Cpu)?;

@@ -18,7 +18,8 @@ pub enum SelectorError {
 #[derive(Debug, Clone)]
 pub struct Selector {
     text: String,
-    matcher: globset::GlobMatcher,
+    /// Shared: cells clone selectors often (a 100k-cell grid), and a matcher holds a regex.
+    matcher: std::sync::Arc<globset::GlobMatcher>,
 }
 
 impl PartialEq for Selector {
@@ -64,7 +65,7 @@ impl Selector {
             .map_err(|e| invalid(&e.kind().to_string()))?;
         Ok(Selector {
             text: t.to_string(),
-            matcher: glob.compile_matcher(),
+            matcher: std::sync::Arc::new(glob.compile_matcher()),
         })
     }
 

@@ -2,9 +2,13 @@
 //!
 //! candle 0.11's own `max_pool2d`, `upsample_*`, fused norms and BCE have wrong or missing
 //! gradients, and its conv backward is slow on CPU (see the project notes). Everything the Unet
-//! trains through is defined here, each op with a finite-difference test.
+//! trains through is defined in [`ops`], each op with a finite-difference test; on CPU the ops
+//! run the own kernels in [`cpu`] (candle custom ops), elsewhere candle-native bodies.
 
+pub mod cpu;
 pub mod device;
+#[cfg(test)]
+pub(crate) mod gradcheck;
 pub mod ops;
 
 pub use device::DeviceSpec;

@@ -1,0 +1,33 @@
+//! Embeds the code fingerprint (git commit + a hash of uncommitted changes) so that job keys
+//! change when the code does (orchestration.md: code edited mid-sweep must not leak into queued
+//! jobs). Outside a git checkout the crate version alone is the fingerprint.
+
+use std::process::Command;
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn main() {
+    println!("cargo:rerun-if-changed=.git/HEAD");
+    println!("cargo:rerun-if-changed=.git/index");
+    println!("cargo:rerun-if-changed=src");
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_default();
+    // A cheap, stable digest of the dirty diff (FNV-1a): std only, no build dependency.
+    let dirty = git(&["diff", "HEAD", "--", "src", "Cargo.toml", "Cargo.lock"])
+        .filter(|d| !d.is_empty())
+        .map(|d| {
+            let mut h: u64 = 0xcbf29ce484222325;
+            for b in d.bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x100000001b3);
+            }
+            format!("{h:016x}")
+        })
+        .unwrap_or_default();
+    println!("cargo:rustc-env=RANKSWEEP_GIT_COMMIT={commit}");
+    println!("cargo:rustc-env=RANKSWEEP_GIT_DIRTY={dirty}");
+}

@@ -1,0 +1,62 @@
+//! `ranksweep worker JOB_FILE`: run one job for a machine — the entry point every backend
+//! (local pool, SLURM array task) starts. Progress goes to stdout as JSON lines, errors to
+//! stderr, and the exit code is the job's class (see `train::protocol::ExitClass`).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::train::job_run::RESULT_FILE;
+use crate::train::signal::install_stop_handler;
+use crate::train::{Event, ExitClass, JobConfig, run_job};
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// The job file (YAML or JSON). Relative paths in it are relative to its folder.
+    pub job_file: PathBuf,
+    /// Run on this device instead of the job file's (`cpu`, `cuda:N`): the scheduler pins a
+    /// slot's GPU through CUDA_VISIBLE_DEVICES and passes `cuda:0`.
+    #[arg(long)]
+    pub device: Option<crate::nn::DeviceSpec>,
+}
+
+pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let stop = install_stop_handler()?;
+    let mut stdout = std::io::stdout();
+    // A closed pipe must not kill the job: write errors are ignored, the result file counts.
+    let mut emit = move |e: &Event| {
+        let _ = writeln!(stdout, "{}", e.to_json_line());
+        let _ = stdout.flush();
+    };
+    let device = args.device;
+    let outcome = JobConfig::from_file(&args.job_file)
+        .map(|mut job| {
+            if let Some(d) = device {
+                job.device = d;
+            }
+            job
+        })
+        .and_then(|job| run_job(&job, stop, &mut emit).map(|_| job.output.join(RESULT_FILE)));
+    match outcome {
+        Ok(result) => {
+            emit(&Event::End {
+                class: ExitClass::Ok,
+                error: None,
+                result: Some(result),
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            let class = err.class();
+            eprintln!("ranksweep: {err}");
+            emit(&Event::End {
+                class,
+                error: Some(err.to_string()),
+                result: None,
+            });
+            Ok(ExitCode::from(class.code()))
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The database schema as an ordered list of migrations. `PRAGMA user_version` holds how many
+//! have been applied; a migration is appended, never edited, once released.
+//!
+//! Conventions: times are RFC 3339 UTC text (sortable, readable in the sqlite3 shell); enums are
+//! their kebab-case names with a CHECK; a metric that is NaN (Dice with both masks empty, HD95
+//! with one empty) is stored as NULL.
+
+/// Migration `i` takes the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+CREATE TABLE sweeps (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    spec_path   TEXT NOT NULL,
+    spec_text   TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+
+-- One `run` invocation of the orchestrator.
+CREATE TABLE runs (
+    id            INTEGER PRIMARY KEY,
+    sweep_id      INTEGER NOT NULL REFERENCES sweeps(id),
+    started_at    TEXT NOT NULL,
+    ended_at      TEXT,
+    code_version  TEXT NOT NULL,
+    host          TEXT NOT NULL,
+    pid           INTEGER NOT NULL,
+    exit_code     INTEGER
+);
+
+CREATE TABLE cells (
+    sweep_id     INTEGER NOT NULL REFERENCES sweeps(id),
+    cell_id      TEXT NOT NULL,
+    ordinal      INTEGER NOT NULL,
+    block        INTEGER NOT NULL,
+    label        TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    selector     TEXT,
+    rank         INTEGER,
+    alpha        REAL,
+    train_norms  INTEGER NOT NULL,
+    config_json  TEXT NOT NULL,
+    -- 0 once a later plan of the sweep no longer has the cell (its results stay).
+    active       INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (sweep_id, cell_id)
+);
+
+CREATE TABLE jobs (
+    id           INTEGER PRIMARY KEY,
+    sweep_id     INTEGER NOT NULL REFERENCES sweeps(id),
+    job_key      TEXT NOT NULL,
+    cell_id      TEXT,
+    stage        TEXT NOT NULL CHECK (stage IN ('pretrain', 'finetune')),
+    kind         TEXT,
+    selector     TEXT,
+    rank         INTEGER,
+    alpha        REAL,
+    fold         INTEGER,
+    seed         INTEGER NOT NULL,
+    view         TEXT NOT NULL,
+    config_json  TEXT NOT NULL,
+    status       TEXT NOT NULL DEFAULT 'pending'
+                 CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    active       INTEGER NOT NULL DEFAULT 1,
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    UNIQUE (sweep_id, job_key)
+);
+CREATE INDEX jobs_by_cell ON jobs (sweep_id, cell_id);
+
+CREATE TABLE job_deps (
+    job    INTEGER NOT NULL REFERENCES jobs(id),
+    needs  INTEGER NOT NULL REFERENCES jobs(id),
+    PRIMARY KEY (job, needs)
+);
+
+CREATE TABLE attempts (
+    id          INTEGER PRIMARY KEY,
+    job         INTEGER NOT NULL REFERENCES jobs(id),
+    run         INTEGER REFERENCES runs(id),
+    number      INTEGER NOT NULL,
+    host        TEXT NOT NULL,
+    device      TEXT NOT NULL,
+    pid         INTEGER,
+    started_at  TEXT NOT NULL,
+    ended_at    TEXT,
+    exit_class  TEXT CHECK (exit_class IN
+                ('ok', 'failed', 'oom', 'nan', 'timeout', 'interrupted', 'lost')),
+    exit_code   INTEGER,
+    error       TEXT,
+    UNIQUE (job, number)
+);
+
+CREATE TABLE case_metrics (
+    job             INTEGER NOT NULL REFERENCES jobs(id),
+    case_id         TEXT NOT NULL,
+    dice            REAL,
+    tp              INTEGER NOT NULL,
+    fp              INTEGER NOT NULL,
+    fn              INTEGER NOT NULL,
+    hd95            REAL,
+    volume_true_ml  REAL NOT NULL,
+    volume_pred_ml  REAL NOT NULL,
+    stratum         TEXT,
+    PRIMARY KEY (job, case_id)
+);
+
+CREATE TABLE epochs (
+    job       INTEGER NOT NULL REFERENCES jobs(id),
+    step      INTEGER NOT NULL,
+    loss      REAL,
+    lr        REAL,
+    val_dice  REAL,
+    PRIMARY KEY (job, step)
+);
+
+CREATE TABLE param_counts (
+    job        INTEGER NOT NULL REFERENCES jobs(id),
+    scope      TEXT NOT NULL,
+    total      INTEGER NOT NULL,
+    trainable  INTEGER NOT NULL,
+    PRIMARY KEY (job, scope)
+);
+
+CREATE TABLE environment (
+    run    INTEGER NOT NULL REFERENCES runs(id),
+    key    TEXT NOT NULL,
+    value  TEXT NOT NULL,
+    PRIMARY KEY (run, key)
+);
+"#,
+];
+
+/// The schema version this build writes.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
