@@ -5,6 +5,7 @@ mod exec;
 mod job;
 mod metrics;
 mod model;
+mod phantom;
 mod report;
 mod slurm;
 mod sweep;

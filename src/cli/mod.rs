@@ -29,6 +29,7 @@ pub mod predict;
 pub mod report;
 pub mod run;
 pub mod status;
+pub mod synth;
 pub mod train;
 pub mod worker;
 
@@ -73,6 +74,8 @@ pub enum Command {
     Report(report::ReportArgs),
     /// Compare two sweeps cell by cell; exit 1 on a regression.
     Compare(compare::CompareArgs),
+    /// Synthesize a TBI or SAH head-CT phantom cohort (nnU-Net v2 layout).
+    Synth(synth::SynthArgs),
 }
 
 /// Parses the command line, runs the subcommand and maps errors to the documented exit codes.
@@ -94,6 +97,7 @@ pub fn main() -> ExitCode {
         Command::Report(args) => report::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Exec(args) => exec::run(args),
+        Command::Synth(args) => synth::run(args),
     };
     match result {
         Ok(code) => code,

@@ -6,7 +6,9 @@
 //! skull, scalp) uses the radial distance to that surface, which is cheap and smooth. Inner
 //! structures are positioned on a reference brain ([`REF_BRAIN`]) and scaled to the case's
 //! brain. Each CSF space that blood can fill is a [`Compartment`] whose id is written into the
-//! fine grid, so the lesion modules can find its samples without knowing its geometry.
+//! fine grid, so the lesion modules can find its samples without knowing its geometry; for
+//! thick clots, [`Head::mark_zones`] also marks the brain around cisterns and fissures that a
+//! clot may push aside.
 //! HU values live in a per-case table indexed by the class byte.
 
 use rand::Rng;
@@ -104,8 +106,9 @@ pub(crate) struct Compartment {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Midline {
     pub half_width: f64,
-    /// Height of the fissure floor above the callosum, in reference mm (scaled by `sc.z`).
+    /// The brain's scale against the reference brain (the floor is written in reference mm).
     pub sc: V3,
+    /// Highest point (mm) the fissure can reach: above the vertex of the brain.
     pub top: f64,
 }
 
@@ -936,11 +939,6 @@ impl Head {
         } else {
             (class::AIR, 0)
         }
-    }
-
-    #[cfg(test)]
-    pub fn layer_pub(&self, p: V3) -> (u8, u8) {
-        self.layer(p)
     }
 
     /// Draws the head on the fine grid.

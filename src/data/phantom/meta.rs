@@ -110,7 +110,8 @@ pub struct CaseMeta {
     /// Blood volume of the label, mL (label voxels × voxel volume).
     pub blood_volume_ml: f64,
     pub label_voxels: usize,
-    /// Hemorrhage-volume stratum of `blood_volume_ml` (`"<5"`, `"5-15"`, `"15-30"`, `">=30"`).
+    /// Hemorrhage-volume stratum of `blood_volume_ml`, labelled as in [`crate::metrics::Strata`]
+    /// (`"<5"`, `"5–15"`, `"15–30"`, `"≥30"`).
     pub stratum: String,
     pub blood_free: bool,
     pub lesions: Vec<Lesion>,
@@ -140,40 +141,9 @@ pub struct CohortMeta {
     pub cases: Vec<CaseMeta>,
 }
 
-/// The stratum label of `ml` for bin edges `edges` (ascending): `"<5"`, `"5-15"`, …, `">=30"`.
-pub fn stratum_name(ml: f64, edges: &[f64]) -> String {
-    let k = stratum_index(ml, edges);
-    let fmt = |v: f64| format!("{v}");
-    if edges.is_empty() {
-        "all".into()
-    } else if k == 0 {
-        format!("<{}", fmt(edges[0]))
-    } else if k == edges.len() {
-        format!(">={}", fmt(edges[k - 1]))
-    } else {
-        format!("{}-{}", fmt(edges[k - 1]), fmt(edges[k]))
-    }
-}
-
-/// Index of the stratum holding `ml`: the number of edges at or below it.
-pub fn stratum_index(ml: f64, edges: &[f64]) -> usize {
-    edges.iter().filter(|&&e| ml >= e).count()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn strata_names_follow_the_edges() {
-        let e = [5.0, 15.0, 30.0];
-        assert_eq!(stratum_name(0.0, &e), "<5");
-        assert_eq!(stratum_name(4.99, &e), "<5");
-        assert_eq!(stratum_name(5.0, &e), "5-15");
-        assert_eq!(stratum_name(29.9, &e), "15-30");
-        assert_eq!(stratum_name(30.0, &e), ">=30");
-        assert_eq!(stratum_name(2.5, &[2.5]), ">=2.5");
-    }
 
     #[test]
     fn kinds_are_kebab_case_in_json() {

@@ -18,7 +18,13 @@
 //!
 //! Every case is a pure function of (cohort, seed, index, grid): its random stream is ChaCha8
 //! seeded by the cohort seed with the case index as stream, so cases can be drawn in parallel
-//! and in any order, and case `i` does not depend on how many cases were asked for.
+//! and in any order, and case `i` does not depend on how many cases were asked for. Cohort
+//! schedules (TBI blood-free cases, SAH strata) are periodic in the index, so any window of
+//! cases is balanced.
+//!
+//! World coordinates are RAS mm with the origin at the brain centre; the volumes carry a
+//! NIfTI header with that affine (the aneurysm position in the metadata is in it). The default
+//! grid (64 × 64 × 24 at 3.4 × 3.4 × 6 mm) is rendered on 4 × 4 × 4 sub-samples per voxel.
 
 mod anatomy;
 pub mod baseline;
@@ -42,12 +48,11 @@ use serde::{Deserialize, Serialize};
 use crate::data::Volume;
 
 pub use cohort::synthesize_case;
-pub use meta::{
-    Aneurysm, AneurysmSite, CaseMeta, Lesion, LesionKind, SahPattern, stratum_index, stratum_name,
-};
+pub use meta::{Aneurysm, AneurysmSite, CaseMeta, CohortMeta, Lesion, LesionKind, SahPattern};
 pub use write::{CohortSummary, write_cohort};
 
-/// Hemorrhage-volume strata edges (mL) used to balance the SAH cohort and name strata.
+/// Hemorrhage-volume strata edges (mL) the SAH cohort is balanced over: the default
+/// [`crate::metrics::Strata`].
 pub const STRATA_ML: [f64; 3] = [5.0, 15.0, 30.0];
 
 /// Default output grid `[z, y, x]`: small enough to train on in CI, the whole head in view.
@@ -56,8 +61,9 @@ pub const DEFAULT_SHAPE: [usize; 3] = [24, 64, 64];
 pub const DEFAULT_SPACING: [f64; 3] = [6.0, 3.4, 3.4];
 /// Smallest grid accepted, `[z, y, x]`.
 pub const MIN_SHAPE: [usize; 3] = [4, 16, 16];
-/// Smallest field of view (mm) accepted, `[z, y, x]`: the head must fit in-plane.
-pub const MIN_FOV_MM: [f64; 3] = [40.0, 200.0, 200.0];
+/// Smallest field of view (mm) accepted, `[z, y, x]`: the head (about 150 × 200 mm) must
+/// nearly fit in-plane (a 512 × 0.37 mm scan crops the scalp, as real ones do).
+pub const MIN_FOV_MM: [f64; 3] = [40.0, 180.0, 180.0];
 /// NIfTI-1 stores sizes as 16-bit integers.
 const MAX_DIM: usize = i16::MAX as usize;
 /// Most fine samples one case may need (about 1.5 GB of working memory).
@@ -260,10 +266,25 @@ pub struct PhantomCase {
 /// All cases of `cfg`, drawn in parallel, in index order.
 pub fn synthesize(cfg: &PhantomConfig) -> Result<Vec<PhantomCase>, PhantomError> {
     cfg.validate()?;
-    Ok((0..cfg.cases)
-        .into_par_iter()
-        .map(|i| cohort::build_case(cfg, i))
-        .collect())
+    Ok(for_each_case(cfg, |i| cohort::build_case(cfg, i)))
+}
+
+/// Working memory all cases drawn at once may use; beyond it cases go in smaller groups.
+const PARALLEL_BUDGET_BYTES: usize = 4 << 30;
+/// Bytes per fine sample while a case is drawn (class, blood, lesion, compartment, zone).
+const BYTES_PER_FINE_SAMPLE: usize = 6;
+
+/// `f(i)` for every case index, in parallel, in index order. At realistic grids a case needs
+/// hundreds of MB, so at most `PARALLEL_BUDGET_BYTES` worth of cases run at once (each case is
+/// itself drawn in parallel).
+pub(crate) fn for_each_case<T: Send>(cfg: &PhantomConfig, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let per_case = raster::Grid::new(cfg.shape, cfg.spacing).fine_len() * BYTES_PER_FINE_SAMPLE;
+    let group = (PARALLEL_BUDGET_BYTES / per_case.max(1)).clamp(1, cfg.cases.max(1));
+    let indices: Vec<usize> = (0..cfg.cases).collect();
+    indices
+        .chunks(group)
+        .flat_map(|chunk| chunk.par_iter().map(|&i| f(i)).collect::<Vec<T>>())
+        .collect()
 }
 
 /// The case's random stream: ChaCha8 from (seed, cohort), stream = case index.
@@ -282,7 +303,156 @@ pub(crate) fn schedule_rng(seed: u64, key: u64) -> ChaCha8Rng {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::OnceLock;
+
     use super::*;
+    use crate::metrics::Confusion;
+
+    /// Cases per cohort for the cohort-level properties (drawn once, shared by the tests).
+    const N: usize = 12;
+    const SEED: u64 = 2024;
+
+    fn cohort(c: Cohort) -> &'static [PhantomCase] {
+        static TBI: OnceLock<Vec<PhantomCase>> = OnceLock::new();
+        static SAH: OnceLock<Vec<PhantomCase>> = OnceLock::new();
+        let cell = if c == Cohort::Tbi { &TBI } else { &SAH };
+        cell.get_or_init(|| synthesize(&PhantomConfig::new(c, N, SEED)).unwrap())
+    }
+
+    #[test]
+    fn same_seed_same_case_bit_for_bit() {
+        for c in [Cohort::Tbi, Cohort::Sah] {
+            let cfg = PhantomConfig::new(c, N, SEED);
+            // Drawn alone, in another order, it equals the one drawn in parallel with the rest.
+            for i in [3, 0] {
+                let again = synthesize_case(&cfg, i).unwrap();
+                let first = &cohort(c)[i];
+                assert_eq!(again.image.data, first.image.data, "{}", first.id);
+                assert_eq!(again.label.data, first.label.data, "{}", first.id);
+                assert_eq!(again.meta, first.meta);
+            }
+            // Case 0 does not depend on how many cases were asked for.
+            let small = synthesize_case(&PhantomConfig::new(c, 1, SEED), 0).unwrap();
+            assert_eq!(small.image.data, cohort(c)[0].image.data);
+            // Another seed, another head.
+            let other = synthesize_case(&PhantomConfig::new(c, N, SEED + 1), 0).unwrap();
+            assert_ne!(other.image.data, cohort(c)[0].image.data);
+        }
+        // The two cohorts drawn with one seed differ.
+        assert_ne!(
+            cohort(Cohort::Tbi)[0].image.data,
+            cohort(Cohort::Sah)[0].image.data
+        );
+    }
+
+    #[test]
+    fn sah_cohort_covers_every_stratum() {
+        let strata = cohort::strata();
+        let mut seen = vec![0; strata.len()];
+        for c in cohort(Cohort::Sah) {
+            let ml = c.label.data.iter().filter(|&&v| v == 1).count() as f64 * c.label.voxel_ml();
+            assert_eq!(c.meta.stratum, strata.label_of(ml));
+            seen[strata.index_of(ml)] += 1;
+            assert!(c.meta.aneurysm.is_some() && c.meta.pattern.is_some());
+            // 2–80 mL overall.
+            assert!((1.5..=90.0).contains(&ml), "{}: {ml} mL", c.id);
+        }
+        // Blocks of four are balanced: 12 cases hold 3 of each.
+        assert_eq!(seen, vec![3, 3, 3, 3]);
+    }
+
+    #[test]
+    fn tbi_cohort_has_blood_free_cases() {
+        let cases = cohort(Cohort::Tbi);
+        let free: Vec<&PhantomCase> = cases.iter().filter(|c| c.meta.blood_free).collect();
+        // One in seven by schedule: 12 consecutive cases hold one or two.
+        assert!((1..=2).contains(&free.len()), "{} blood-free", free.len());
+        for c in &free {
+            assert!(c.label.data.iter().all(|&v| v == 0));
+            assert!(c.meta.lesions.is_empty() && c.meta.blood_volume_ml == 0.0);
+        }
+        for c in cases.iter().filter(|c| !c.meta.blood_free) {
+            assert!(
+                c.meta.blood_volume_ml >= 0.5,
+                "{}: {}",
+                c.id,
+                c.meta.blood_volume_ml
+            );
+            assert!(
+                c.meta
+                    .lesions
+                    .iter()
+                    .all(|l| !matches!(l.kind, LesionKind::CisternalSah | LesionKind::FissuralSah))
+            );
+        }
+    }
+
+    /// Calibration: the threshold baseline (intracranial ∧ 50–90 HU) must score Dice 0.3–0.6
+    /// on each cohort, mean over the cases with blood (nnU-Net: no truth, no Dice). Higher
+    /// means the phantoms are too easy, lower that they are hopeless.
+    #[test]
+    fn threshold_baseline_dice_is_calibrated() {
+        for c in [Cohort::Tbi, Cohort::Sah] {
+            let dice: Vec<f64> = cohort(c)
+                .iter()
+                .filter(|case| case.meta.label_voxels > 0)
+                .map(|case| {
+                    let pred = baseline::threshold_baseline(&case.image);
+                    Confusion::count(pred.data.view(), case.label.data.view())
+                        .unwrap()
+                        .dice()
+                })
+                .collect();
+            let mean = dice.iter().sum::<f64>() / dice.len() as f64;
+            assert!(
+                (0.3..=0.6).contains(&mean),
+                "{c}: baseline Dice {mean:.3} over {} cases: {dice:?}",
+                dice.len()
+            );
+            // Not one easy case carrying the mean: the spread is real.
+            assert!(
+                dice.iter().any(|&d| d < 0.45) && dice.iter().any(|&d| d > 0.45),
+                "{c}: {dice:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn images_look_like_head_ct() {
+        for c in [Cohort::Tbi, Cohort::Sah] {
+            let case = &cohort(c)[1];
+            let mask = baseline::intracranial_mask(&case.image);
+            let inside: Vec<f64> = case
+                .image
+                .data
+                .iter()
+                .zip(mask.iter())
+                .filter(|(_, m)| **m)
+                .map(|(&v, _)| v as f64)
+                .collect();
+            let median = {
+                let mut v = inside.clone();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            // Brain between CSF and grey matter, a skull, air around; every label voxel is
+            // inside the head.
+            assert!(
+                (20.0..40.0).contains(&median),
+                "{c}: intracranial median {median}"
+            );
+            assert!(case.image.data.iter().any(|&v| v > 900));
+            assert_eq!(
+                case.image.data[[0, 0, 0]].clamp(-1100, -900),
+                case.image.data[[0, 0, 0]]
+            );
+            let intracranial_ml = inside.len() as f64 * case.image.voxel_ml();
+            assert!(
+                (700.0..1800.0).contains(&intracranial_ml),
+                "{c}: {intracranial_ml} mL"
+            );
+        }
+    }
 
     #[test]
     fn config_validation_names_the_field() {

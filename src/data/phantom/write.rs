@@ -9,18 +9,17 @@
 //!
 //! Written atomically: everything goes to a hidden sibling folder which is renamed to `DIR`
 //! only when complete, so an interrupted run leaves no half cohort (and a failed one removes
-//! its temporary folder). Cases are drawn and written in parallel, one at a time per thread,
-//! so memory stays bounded at realistic sizes.
+//! its temporary folder). Cases are drawn and written in parallel, in groups sized so that
+//! memory stays bounded at realistic grids; only their metadata is kept.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
 use serde::Serialize;
 
-use super::cohort::build_case;
+use super::cohort::{build_case, strata};
 use super::meta::{CaseMeta, CohortMeta};
-use super::{PhantomConfig, PhantomError, STRATA_ML, xyz};
+use super::{PhantomConfig, PhantomError, STRATA_ML, for_each_case, xyz};
 use crate::data::nifti::{write_i16, write_u8};
 
 /// What [`write_cohort`] wrote.
@@ -28,6 +27,30 @@ use crate::data::nifti::{write_i16, write_u8};
 pub struct CohortSummary {
     pub dir: PathBuf,
     pub cases: Vec<CaseMeta>,
+}
+
+impl CohortSummary {
+    /// Smallest and largest labelled blood volume (mL); `(0, 0)` without cases.
+    pub fn volume_range_ml(&self) -> (f64, f64) {
+        let v = self.cases.iter().map(|c| c.blood_volume_ml);
+        let lo = v.clone().fold(f64::INFINITY, f64::min);
+        let hi = v.fold(0.0, f64::max);
+        if self.cases.is_empty() {
+            (0.0, 0.0)
+        } else {
+            (lo, hi)
+        }
+    }
+
+    /// Cases per hemorrhage-volume stratum (blood-free cases count in the lowest), in order.
+    pub fn stratum_counts(&self) -> Vec<(String, usize)> {
+        let strata = strata();
+        let mut n = vec![0; strata.len()];
+        for c in &self.cases {
+            n[strata.index_of(c.blood_volume_ml)] += 1;
+        }
+        strata.labels().into_iter().zip(n).collect()
+    }
 }
 
 /// Removes the temporary folder unless the write completed.
@@ -92,18 +115,14 @@ pub fn write_cohort(cfg: &PhantomConfig, out: &Path) -> Result<CohortSummary, Ph
     fs::create_dir_all(&images).map_err(io(&images))?;
     fs::create_dir_all(&labels).map_err(io(&labels))?;
 
-    let cases = (0..cfg.cases)
-        .into_par_iter()
-        .map(|i| {
-            let case = build_case(cfg, i);
-            write_i16(
-                &case.image,
-                &images.join(format!("{}_0000.nii.gz", case.id)),
-            )?;
-            write_u8(&case.label, &labels.join(format!("{}.nii.gz", case.id)))?;
-            Ok(case.meta)
-        })
-        .collect::<Result<Vec<CaseMeta>, PhantomError>>()?;
+    let cases = for_each_case(cfg, |i| {
+        let case = build_case(cfg, i);
+        write_i16(&case.image, images.join(format!("{}_0000.nii.gz", case.id)))?;
+        write_u8(&case.label, labels.join(format!("{}.nii.gz", case.id)))?;
+        Ok(case.meta)
+    })
+    .into_iter()
+    .collect::<Result<Vec<CaseMeta>, PhantomError>>()?;
 
     let [sx, sy, sz] = xyz(cfg.spacing);
     let [nx, ny, nz] = xyz(cfg.shape);
@@ -155,4 +174,67 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<(), PhantomError> {
     })?;
     text.push('\n');
     fs::write(path, text).map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Volume;
+    use crate::data::phantom::Cohort;
+
+    #[test]
+    fn writes_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("tbi");
+        let cfg = PhantomConfig::new(Cohort::Tbi, 2, 3);
+        let summary = write_cohort(&cfg, &out).unwrap();
+        assert_eq!(summary.cases.len(), 2);
+        // Only the cohort remains beside nothing else: the temporary folder was renamed.
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["tbi".to_string()]);
+        let meta: CohortMeta =
+            serde_json::from_slice(&fs::read(out.join("phantom.json")).unwrap()).unwrap();
+        assert_eq!(meta.cases, summary.cases);
+        assert_eq!(meta.shape_xyz, [64, 64, 24]);
+
+        // A second run into the same folder is refused and leaves it as it was.
+        let before = fs::read(out.join("phantom.json")).unwrap();
+        let e = write_cohort(&PhantomConfig::new(Cohort::Sah, 1, 3), &out).unwrap_err();
+        assert!(matches!(e, PhantomError::OutputExists { .. }), "{e}");
+        assert!(e.to_string().contains("not empty"), "{e}");
+        assert_eq!(fs::read(out.join("phantom.json")).unwrap(), before);
+
+        // An empty folder is fine (it is replaced).
+        let empty = dir.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        write_cohort(&PhantomConfig::new(Cohort::Sah, 1, 3), &empty).unwrap();
+        assert!(empty.join("dataset.json").is_file());
+    }
+
+    #[test]
+    fn an_unfinished_write_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".x.partial-1");
+        fs::create_dir_all(path.join("imagesTr")).unwrap();
+        let vol = Volume::new(ndarray::Array3::<u8>::zeros((2, 2, 2)), [1.0; 3]);
+        write_u8(&vol, path.join("imagesTr/a.nii.gz")).unwrap();
+        {
+            let _guard = TempDir {
+                path: path.clone(),
+                keep: false,
+            };
+            // A failing case returns early here: the guard drops without `keep`.
+        }
+        assert!(!path.exists());
+        let kept = dir.path().join(".y.partial-1");
+        fs::create_dir(&kept).unwrap();
+        drop(TempDir {
+            path: kept.clone(),
+            keep: true,
+        });
+        assert!(kept.exists());
+    }
 }

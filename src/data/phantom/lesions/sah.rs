@@ -9,9 +9,13 @@
 //! The target is log-uniform inside the stratum (2–80 mL overall) and the spread is sized on
 //! the label, so the stratum holds after partial volume.
 //!
-//! Thick clots fill the compartments (blood fraction 0.6–1). Thin ones only coat their walls
-//! with a layer under 1.5 mm, so after averaging most of it sits at 35–55 HU, near grey matter,
-//! and only partly reaches the label's 0.5 fraction: the hard part of this cohort.
+//! Thick clots fill the compartments (blood fraction 0.6–1) and distend the cisterns and
+//! fissures by a few mm. Thin ones (only planned in the two lowest strata) coat the walls of
+//! the cisterns, fissures and sulci with a layer under 1.5 mm, so after averaging most of it
+//! sits at 35–55 HU, near grey matter, and only partly reaches the label's 0.5 fraction: the
+//! hard part of this cohort. A thin coat that cannot reach its label volume without drawing
+//! more than ten times as much blood is drawn thick instead (the metadata says which).
+//! IVH (40%) takes its own share of the volume and layers in the occipital horns.
 
 use rand::Rng;
 use rand::seq::{IndexedRandom, SliceRandom};
@@ -29,7 +33,7 @@ const STRATUM_TARGETS: [(f64, f64); 4] = [(2.0, 4.5), (5.6, 13.5), (16.5, 27.0),
 /// Chance of a thick clot per stratum: small bleeds are mostly thin.
 const THICK_CHANCE: [f64; 4] = [0.4, 0.7, 1.0, 1.0];
 /// Most blood a thin bleed may draw per mL of label.
-const THIN_EXCESS: f64 = 8.0;
+const THIN_EXCESS: f64 = 10.0;
 /// Cases per balanced block (one per stratum).
 const BLOCK: usize = STRATA_ML.len() + 1;
 
@@ -147,12 +151,29 @@ pub(crate) fn paint<R: Rng>(
     for (c, g) in head.compartments.iter().zip(gains) {
         gain[c.id as usize] = g;
     }
-    let layer_mm = uni(rng, 0.6, 1.4);
-    let ivh_floor = head.at(0.0, -45.0, 0.0).y;
+    let layer_mm = uni(rng, 0.8, 1.5);
     let voxel_ml = fine.grid.spacing.iter().product::<f64>() / 1000.0;
-    let target = plan.target_ml / voxel_ml;
-    let swell_mm = uni(rng, 2.0, 6.0);
     let fine_ml = fine.grid.fine_spacing().iter().product::<f64>() / 1000.0;
+    let mut target = plan.target_ml / voxel_ml;
+    let mut groups: Vec<(LesionKind, String)> = Vec::new();
+
+    // IVH first, as its own share of the volume, so that every planned IVH is drawn. In a
+    // supine patient it layers from the occipital horns up: the score depends on height only.
+    if plan.ivh {
+        let ivh_floor = head.at(0.0, -45.0, 0.0).y;
+        let density = rng.random_range(180..=255u8);
+        let cands = candidates(head, fine, |c, p, _| {
+            let g = gain[c.id as usize];
+            (c.kind == CompKind::Ventricle)
+                .then(|| ((g * (-(p.y - ivh_floor) / 20.0).exp()) as f32, density))
+        });
+        let n = fill_count(fine, &cands, target * uni(rng, 0.1, 0.35));
+        fill(fine, &cands, n, |_| 1);
+        groups.push((LesionKind::Ivh, "ventricles".into()));
+        target = (target - labelled_count(fine, &cands, n) as f64).max(1.0);
+    }
+
+    let swell_mm = uni(rng, 2.0, 6.0);
     let mut pattern = plan.pattern;
     let (cands, n) = loop {
         let thick = pattern == SahPattern::Thick;
@@ -164,27 +185,22 @@ pub(crate) fn paint<R: Rng>(
         }
         let mut density = [0u8; 256];
         for c in &head.compartments {
-            density[c.id as usize] = match (pattern, c.kind) {
-                (SahPattern::Thin, _) | (_, CompKind::Ventricle) => rng.random_range(180..=255),
-                (SahPattern::Thick, _) => rng.random_range(153..=255),
+            density[c.id as usize] = match pattern {
+                SahPattern::Thin => rng.random_range(180..=255),
+                SahPattern::Thick => rng.random_range(153..=255),
             };
         }
         let cands = candidates(head, fine, |c, p, outside| {
-            let g = gain[c.id as usize];
-            let score = match c.kind {
-                CompKind::Ventricle if !plan.ivh => return None,
-                // IVH layers from the occipital horns up (supine), whatever the site.
-                CompKind::Ventricle => g * (-(p.y - ivh_floor) / 20.0).exp(),
+            match c.kind {
+                CompKind::Ventricle => return None,
                 // A thin coat stays in the basal cisterns, fissures and sulci.
                 CompKind::Convexity if !thick => return None,
-                _ => {
-                    if !thick && head.wall_depth(c, p) >= layer_mm {
-                        return None;
-                    }
-                    // The clot fills the CSF first, then pushes outward.
-                    g * (-(p - site).norm() / lambda).exp() * (-outside / 1.5).exp()
-                }
-            };
+                _ if !thick && head.wall_depth(c, p) >= layer_mm => return None,
+                _ => {}
+            }
+            // The clot fills the CSF first, then pushes outward.
+            let score =
+                gain[c.id as usize] * (-(p - site).norm() / lambda).exp() * (-outside / 1.5).exp();
             Some((score as f32, density[c.id as usize]))
         });
         let n = fill_count(fine, &cands, target);
@@ -197,7 +213,7 @@ pub(crate) fn paint<R: Rng>(
                 .sum::<f64>()
                 * fine_ml;
             let short = n == cands.len() && labelled_all(fine, &cands) < 0.9 * target;
-            if short || drawn_ml > THIN_EXCESS * plan.target_ml {
+            if short || drawn_ml > THIN_EXCESS * target * voxel_ml {
                 pattern = SahPattern::Thick;
                 continue;
             }
@@ -206,7 +222,6 @@ pub(crate) fn paint<R: Rng>(
     };
 
     // Lesion ids by group, in a fixed order (first appearance along the fill order).
-    let mut groups: Vec<(LesionKind, String)> = Vec::new();
     let mut id_of = [0u8; 256];
     for c in &cands[..n] {
         if id_of[c.comp as usize] != 0 {
