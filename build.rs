@@ -14,8 +14,23 @@ fn git(args: &[&str]) -> Option<String> {
 fn main() {
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/index");
+    println!("cargo:rerun-if-changed=.git/refs");
     println!("cargo:rerun-if-changed=src");
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_default();
+    // The code that computes results: the src tree and the lock file, not the whole commit, so
+    // a README edit does not invalidate every finished job.
+    let src = git(&["rev-parse", "HEAD:src"]).unwrap_or_default();
+    let lock = git(&["rev-parse", "HEAD:Cargo.lock"]).unwrap_or_default();
+    let tree = if src.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "{}.{}",
+            &src[..12.min(src.len())],
+            &lock[..8.min(lock.len())]
+        )
+    };
+    println!("cargo:rustc-env=RANKSWEEP_SRC_TREE={tree}");
     // A cheap, stable digest of the dirty diff (FNV-1a): std only, no build dependency.
     let dirty = git(&["diff", "HEAD", "--", "src", "Cargo.toml", "Cargo.lock"])
         .filter(|d| !d.is_empty())

@@ -21,10 +21,14 @@ pub mod bench;
 pub mod compare;
 pub mod eval;
 pub mod exec;
+pub mod ingest;
 pub mod inspect;
 pub mod model;
+pub mod plan;
 pub mod predict;
 pub mod report;
+pub mod run;
+pub mod status;
 pub mod synth;
 pub mod train;
 pub mod worker;
@@ -41,6 +45,14 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run a sweep on this machine: synthesize missing phantom data, plan, run, ingest, report.
+    Run(run::RunArgs),
+    /// Show the exact jobs a run would make, and why each would (re)run.
+    Plan(plan::PlanArgs),
+    /// Per-cell completeness, running jobs and failures of a sweep.
+    Status(status::StatusArgs),
+    /// Record result files made elsewhere (a cluster) in the database.
+    Ingest(ingest::IngestArgs),
     /// Inspect the Unet: per-layer parameters under an adaptation.
     Model(model::ModelCmd),
     /// Benchmarks (figures, not tests).
@@ -71,6 +83,10 @@ pub fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
     let result: anyhow::Result<ExitCode> = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Plan(args) => plan::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Ingest(args) => ingest::run(args),
         Command::Model(cmd) => model::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Worker(args) => worker::run(args),

@@ -47,14 +47,24 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let input = match (&args.input, &args.sweep) {
         (Some(file), _) => ReportInput::from_json_file(file)?,
         (None, Some(name)) => {
-            let db = args.db.clone().unwrap_or_else(|| args.results.join("ranksweep.db"));
-            anyhow::ensure!(db.exists(), "{}: no database (run a sweep first, or pass --db)", db.display());
+            let db = args
+                .db
+                .clone()
+                .unwrap_or_else(|| args.results.join("ranksweep.db"));
+            anyhow::ensure!(
+                db.exists(),
+                "{}: no database (run a sweep first, or pass --db)",
+                db.display()
+            );
             let store = crate::store::Store::open(&db)?;
             report::from_store::load_input(&store, name)?
         }
         (None, None) => anyhow::bail!("give a sweep name or `--input FILE.json`"),
     };
-    let out = args.out.clone().unwrap_or_else(|| args.results.join(&input.sweep).join("report"));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.results.join(&input.sweep).join("report"));
     let paths = report::write_report(&input, &out, &formats, &args.strata)?;
     if !args.quiet {
         let text = format!(

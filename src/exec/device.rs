@@ -274,10 +274,11 @@ mod tests {
         let env = p.slots()[1].env();
         assert_eq!(env[0], ("CUDA_VISIBLE_DEVICES", "2".to_string()));
         assert_eq!(env[1], ("RAYON_NUM_THREADS", "3".to_string()));
-        assert_eq!(env[2], ("RANKSWEEP_DEVICE", "cuda:0".to_string()));
+        assert_eq!(env[2], ("CANDLE_NUM_THREADS", "1".to_string()));
+        assert_eq!(env[3], ("RANKSWEEP_DEVICE", "cuda:0".to_string()));
         let env = p.slots()[3].env();
         assert_eq!(env[0], ("CUDA_VISIBLE_DEVICES", String::new()));
-        assert_eq!(env[2].1, "cpu");
+        assert_eq!(env[3].1, "cpu");
     }
 
     #[test]

@@ -22,7 +22,12 @@ pub enum IngestError {
 }
 
 /// Records one job's metrics, curve and parameter counts.
-pub fn ingest_result(store: &mut Store, sweep: SweepId, key: &str, r: &JobResult) -> Result<(), IngestError> {
+pub fn ingest_result(
+    store: &mut Store,
+    sweep: SweepId,
+    key: &str,
+    r: &JobResult,
+) -> Result<(), IngestError> {
     let cases: Vec<CaseMetric> = r
         .evaluation
         .iter()
@@ -47,19 +52,34 @@ pub fn ingest_result(store: &mut Store, sweep: SweepId, key: &str, r: &JobResult
         .map(|v| {
             v.loss_curve
                 .iter()
-                .map(|(step, loss)| EpochPoint { step: *step, loss: Some(f64::from(*loss)), lr: None, val_dice: None })
+                .map(|(step, loss)| EpochPoint {
+                    step: *step,
+                    loss: Some(f64::from(*loss)),
+                    lr: None,
+                    val_dice: None,
+                })
                 .collect()
         })
         .unwrap_or_default();
     store.record_epochs(sweep, key, &points)?;
-    let counts = [ParamCount { scope: "job".into(), total: r.total_params as u64, trainable: r.trainable_params as u64 }];
+    let counts = [ParamCount {
+        scope: "job".into(),
+        total: r.total_params as u64,
+        trainable: r.trainable_params as u64,
+    }];
     store.record_param_counts(sweep, key, &counts)?;
     Ok(())
 }
 
 /// Reads `<dir>/result.json` and ingests it under `key`.
-pub fn ingest_job_dir(store: &mut Store, sweep: SweepId, key: &str, dir: &Path) -> Result<(), IngestError> {
-    let r = JobResult::read(&dir.join(RESULT_FILE)).map_err(|e| IngestError::Result(e.to_string()))?;
+pub fn ingest_job_dir(
+    store: &mut Store,
+    sweep: SweepId,
+    key: &str,
+    dir: &Path,
+) -> Result<(), IngestError> {
+    let r =
+        JobResult::read(&dir.join(RESULT_FILE)).map_err(|e| IngestError::Result(e.to_string()))?;
     ingest_result(store, sweep, key, &r)
 }
 
@@ -74,17 +94,28 @@ pub struct IngestSummary {
 
 /// Ingests every `<dir>/**/<key>/result.json` of sweep `sweep` whose key the store knows, and
 /// marks those jobs done.
-pub fn ingest_tree(store: &mut Store, sweep: SweepId, dir: &Path) -> Result<IngestSummary, IngestError> {
+pub fn ingest_tree(
+    store: &mut Store,
+    sweep: SweepId,
+    dir: &Path,
+) -> Result<IngestSummary, IngestError> {
     let mut summary = IngestSummary::default();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|source| IngestError::Io { path: d.clone(), source })?;
+        let entries = std::fs::read_dir(&d).map_err(|source| IngestError::Io {
+            path: d.clone(),
+            source,
+        })?;
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
             } else if p.file_name().is_some_and(|n| n == RESULT_FILE) {
-                let Some(key) = p.parent().and_then(|k| k.file_name()).map(|k| k.to_string_lossy().into_owned()) else {
+                let Some(key) = p
+                    .parent()
+                    .and_then(|k| k.file_name())
+                    .map(|k| k.to_string_lossy().into_owned())
+                else {
                     continue;
                 };
                 if store.job(sweep, &key)?.is_none() {

@@ -28,13 +28,13 @@ pub mod class;
 pub mod device;
 pub mod error;
 pub mod event;
+pub mod ingest;
 pub mod lease;
 pub mod reporter;
 pub mod scheduler;
 pub mod signal;
-pub mod ingest;
-pub mod sweep_run;
 mod supervise;
+pub mod sweep_run;
 
 pub use class::{ExitClass, TimeoutKind, is_retryable};
 pub use device::{Device, Slot, SlotConfig, SlotPool, parse_devices};

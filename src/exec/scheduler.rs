@@ -669,6 +669,10 @@ mod tests {
         assert_eq!(env["RAYON_NUM_THREADS"].as_deref(), Some("2"));
         let me = WorkerCommand::current_exe().unwrap();
         assert_eq!(me.args_before_job_file, ["worker"]);
-        assert_eq!(me.device_flag, None, "`ranksweep worker` takes no --device");
+        assert_eq!(
+            me.device_flag.as_deref(),
+            Some("--device"),
+            "the slot's device overrides the job file's"
+        );
     }
 }

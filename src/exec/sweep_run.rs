@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::ingest::ingest_job_dir;
-use super::{ExecJob, Reporter, RunConfig, RunSummary, SlotConfig, SweepEvent, WorkerCommand, parse_devices};
+use super::{
+    ExecJob, Reporter, RunConfig, RunSummary, SlotConfig, SweepEvent, WorkerCommand, parse_devices,
+};
 use crate::data::layout::index_dataset;
 use crate::data::phantom::{Cohort, PhantomConfig, write_cohort};
 use crate::store::{AttemptEnd, AttemptId, AttemptStart, JobStatus, NewJob, Store, SweepId};
@@ -35,7 +37,9 @@ pub struct RunOptions {
 
 impl RunOptions {
     pub fn db_path(&self) -> PathBuf {
-        self.db.clone().unwrap_or_else(|| self.results.join("ranksweep.db"))
+        self.db
+            .clone()
+            .unwrap_or_else(|| self.results.join("ranksweep.db"))
     }
 }
 
@@ -55,7 +59,9 @@ pub enum Reason {
 
 /// Writes the phantom cohorts the spec asks for, where missing.
 pub fn synthesize_missing(spec: &Spec) -> anyhow::Result<Vec<PathBuf>> {
-    let Some(s) = &spec.data.synthesize else { return Ok(Vec::new()) };
+    let Some(s) = &spec.data.synthesize else {
+        return Ok(Vec::new());
+    };
     let mut written = Vec::new();
     for (cohort, path, cases, seed) in [
         (Cohort::Tbi, &spec.data.source, s.source_cases, s.seed),
@@ -65,8 +71,12 @@ pub fn synthesize_missing(spec: &Spec) -> anyhow::Result<Vec<PathBuf>> {
             continue;
         }
         let cfg = PhantomConfig::new(cohort, cases, seed);
-        eprintln!("ranksweep: synthesizing {cases} {cohort:?} phantom cases into {}", path.display());
-        write_cohort(&cfg, path).with_context(|| format!("cannot synthesize the phantom cohort {}", path.display()))?;
+        eprintln!(
+            "ranksweep: synthesizing {cases} {cohort:?} phantom cases into {}",
+            path.display()
+        );
+        write_cohort(&cfg, path)
+            .with_context(|| format!("cannot synthesize the phantom cohort {}", path.display()))?;
         written.push(path.clone());
     }
     Ok(written)
@@ -74,17 +84,29 @@ pub fn synthesize_missing(spec: &Spec) -> anyhow::Result<Vec<PathBuf>> {
 
 /// Fingerprints of the code and both datasets (datasets must exist).
 pub fn fingerprints(spec: &Spec) -> anyhow::Result<Fingerprints> {
-    let source = index_dataset(&spec.data.source).with_context(|| format!("`data.source` of {}", spec.file.display()))?;
-    let target = index_dataset(&spec.data.target).with_context(|| format!("`data.target` of {}", spec.file.display()))?;
-    Ok(Fingerprints { code: crate::version::code_fingerprint(), source: source.fingerprint, target: target.fingerprint })
+    let source = index_dataset(&spec.data.source)
+        .with_context(|| format!("`data.source` of {}", spec.file.display()))?;
+    let target = index_dataset(&spec.data.target)
+        .with_context(|| format!("`data.target` of {}", spec.file.display()))?;
+    Ok(Fingerprints {
+        code: crate::version::code_fingerprint(),
+        source: source.fingerprint,
+        target: target.fingerprint,
+    })
 }
 
 /// The target cohort's splits, made once before any job runs (workers then only read them).
 pub fn ensure_splits(spec: &Spec) -> anyhow::Result<()> {
     let target = index_dataset(&spec.data.target)?;
     let path = spec.data.target.join(crate::data::folds::SPLITS_FILE);
-    crate::data::folds::load_or_create_splits(&path, &target.case_ids(), spec.data.folds, spec.data.split_seed, None)
-        .with_context(|| format!("splits of {}", spec.data.target.display()))?;
+    crate::data::folds::load_or_create_splits(
+        &path,
+        &target.case_ids(),
+        spec.data.folds,
+        spec.data.split_seed,
+        None,
+    )
+    .with_context(|| format!("splits of {}", spec.data.target.display()))?;
     Ok(())
 }
 
@@ -110,13 +132,22 @@ fn new_job(j: &PlannedJob) -> anyhow::Result<NewJob> {
 pub fn record_plan(store: &mut Store, spec: &Spec, plan: &Plan) -> anyhow::Result<SweepId> {
     let sweep = store.upsert_sweep(&spec.name, &spec.file, &spec.text)?;
     store.upsert_cells(sweep, &spec.cells)?;
-    let jobs = plan.jobs.iter().map(new_job).collect::<anyhow::Result<Vec<_>>>()?;
+    let jobs = plan
+        .jobs
+        .iter()
+        .map(new_job)
+        .collect::<anyhow::Result<Vec<_>>>()?;
     store.upsert_jobs(sweep, &jobs)?;
     Ok(sweep)
 }
 
 /// Each planned job with the reason it would run now (or not).
-pub fn reasons(store: &Store, sweep: Option<SweepId>, plan: &Plan, rerun_failed: bool) -> anyhow::Result<Vec<(String, Reason, bool)>> {
+pub fn reasons(
+    store: &Store,
+    sweep: Option<SweepId>,
+    plan: &Plan,
+    rerun_failed: bool,
+) -> anyhow::Result<Vec<(String, Reason, bool)>> {
     let mut out = Vec::new();
     for j in &plan.jobs {
         let rec = match sweep {
@@ -165,25 +196,49 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
     let host = super::lease::this_host();
     let reclaimed = store.reclaim_stale(sweep, &host, super::lease::pid_alive)?;
     if !reclaimed.is_empty() {
-        eprintln!("ranksweep: reclaimed {} stale lease(s) of killed runs", reclaimed.len());
+        eprintln!(
+            "ranksweep: reclaimed {} stale lease(s) of killed runs",
+            reclaimed.len()
+        );
     }
     let reasons = reasons(&store, Some(sweep), &plan, opts.rerun_failed)?;
-    let to_run: std::collections::BTreeSet<&str> =
-        reasons.iter().filter(|(_, _, runs)| *runs).map(|(k, _, _)| k.as_str()).collect();
-    let cached = reasons.iter().filter(|(_, r, _)| *r == Reason::Done).count();
+    let to_run: std::collections::BTreeSet<&str> = reasons
+        .iter()
+        .filter(|(_, _, runs)| *runs)
+        .map(|(k, _, _)| k.as_str())
+        .collect();
+    let cached = reasons
+        .iter()
+        .filter(|(_, r, _)| *r == Reason::Done)
+        .count();
     if opts.dry_run {
-        return Ok(SweepOutcome { sweep: spec.name, db, planned: plan.jobs.len(), cached, summary: None });
+        return Ok(SweepOutcome {
+            sweep: spec.name,
+            db,
+            planned: plan.jobs.len(),
+            cached,
+            summary: None,
+        });
     }
     let mut jobs = Vec::new();
     for j in plan.jobs.iter().filter(|j| to_run.contains(j.key.as_str())) {
-        std::fs::create_dir_all(&j.config.output).with_context(|| format!("cannot create {}", j.config.output.display()))?;
+        std::fs::create_dir_all(&j.config.output)
+            .with_context(|| format!("cannot create {}", j.config.output.display()))?;
         let job_file = j.config.output.join("job.json");
-        crate::model::checkpoint::write_atomic(&job_file, serde_json::to_string_pretty(&j.config)?.as_bytes())
-            .with_context(|| format!("cannot write {}", job_file.display()))?;
+        crate::model::checkpoint::write_atomic(
+            &job_file,
+            serde_json::to_string_pretty(&j.config)?.as_bytes(),
+        )
+        .with_context(|| format!("cannot write {}", job_file.display()))?;
         jobs.push(ExecJob {
             id: j.key.clone(),
             // Dependencies already done are not part of this run.
-            deps: j.needs.iter().filter(|d| to_run.contains(d.as_str())).cloned().collect(),
+            deps: j
+                .needs
+                .iter()
+                .filter(|d| to_run.contains(d.as_str()))
+                .cloned()
+                .collect(),
             job_file,
             dir: j.config.output.clone(),
             needs_gpu: false,
@@ -192,7 +247,13 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
     }
     let devices = parse_devices(&opts.devices)?;
     let slots = SlotConfig {
-        slots_per_device: opts.slots_per_device.unwrap_or(if devices.iter().any(|d| d.is_gpu()) { 1 } else { 2 }),
+        slots_per_device: opts
+            .slots_per_device
+            .unwrap_or(if devices.iter().any(|d| d.is_gpu()) {
+                1
+            } else {
+                2
+            }),
         threads_per_job: opts.threads_per_job.unwrap_or(spec.resources.threads),
         devices,
     };
@@ -201,7 +262,12 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
     config.timeout = Some(opts.timeout.unwrap_or(spec.resources.timeout));
     config.watchdog = Some(spec.resources.no_progress);
     config.handle_signals = true;
-    let run = store.start_run(sweep, &crate::version::code_fingerprint(), &host, std::process::id())?;
+    let run = store.start_run(
+        sweep,
+        &crate::version::code_fingerprint(),
+        &host,
+        std::process::id(),
+    )?;
     store.record_environment(
         run,
         &[
@@ -213,28 +279,54 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
         ],
     )?;
     let mut reporter = Reporter::stderr();
-    let mut open: std::collections::HashMap<(String, u32), AttemptId> = std::collections::HashMap::new();
-    let dirs: std::collections::HashMap<String, PathBuf> = jobs.iter().map(|j| (j.id.clone(), j.dir.clone())).collect();
+    let mut open: std::collections::HashMap<(String, u32), AttemptId> =
+        std::collections::HashMap::new();
+    let dirs: std::collections::HashMap<String, PathBuf> =
+        jobs.iter().map(|j| (j.id.clone(), j.dir.clone())).collect();
     let mut record_error: Option<anyhow::Error> = None;
     let summary = super::run_blocking(jobs, config, |event| {
         reporter.handle(event);
         let r: anyhow::Result<()> = (|| {
             match event {
-                SweepEvent::AttemptStarted { job, attempt, device, pid, .. } => {
+                SweepEvent::AttemptStarted {
+                    job,
+                    attempt,
+                    device,
+                    pid,
+                    ..
+                } => {
                     let id = store.record_attempt_start(
                         sweep,
                         job,
-                        &AttemptStart { run: Some(run), host: host.clone(), device: device.to_string(), pid: Some(*pid) },
+                        &AttemptStart {
+                            run: Some(run),
+                            host: host.clone(),
+                            device: device.to_string(),
+                            pid: Some(*pid),
+                        },
                     )?;
                     open.insert((job.clone(), *attempt), id);
                 }
-                SweepEvent::AttemptFinished { job, attempt, device, class, detail, exit_code, .. } => {
+                SweepEvent::AttemptFinished {
+                    job,
+                    attempt,
+                    device,
+                    class,
+                    detail,
+                    exit_code,
+                    ..
+                } => {
                     let id = match open.remove(&(job.clone(), *attempt)) {
                         Some(id) => id,
                         None => store.record_attempt_start(
                             sweep,
                             job,
-                            &AttemptStart { run: Some(run), host: host.clone(), device: device.to_string(), pid: None },
+                            &AttemptStart {
+                                run: Some(run),
+                                host: host.clone(),
+                                device: device.to_string(),
+                                pid: None,
+                            },
                         )?,
                     };
                     let mut class = crate::store::ExitClass::from(*class);
@@ -245,7 +337,14 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
                         class = crate::store::ExitClass::Failed;
                         error = Some(format!("ingest: {e}"));
                     }
-                    store.record_attempt_end(id, &AttemptEnd { class, exit_code: *exit_code, error })?;
+                    store.record_attempt_end(
+                        id,
+                        &AttemptEnd {
+                            class,
+                            exit_code: *exit_code,
+                            error,
+                        },
+                    )?;
                 }
                 _ => {}
             }
@@ -262,7 +361,13 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
     if let Some(e) = record_error {
         return Err(e.context("recording the run in the database"));
     }
-    Ok(SweepOutcome { sweep: spec.name, db, planned: plan.jobs.len(), cached, summary: Some(summary) })
+    Ok(SweepOutcome {
+        sweep: spec.name,
+        db,
+        planned: plan.jobs.len(),
+        cached,
+        summary: Some(summary),
+    })
 }
 
 /// The database path for a results root.

@@ -116,15 +116,57 @@ fn save(path: &Path, tensors: Vec<(String, Tensor)>, meta: HashMap<String, Strin
         })
         .collect::<candle_core::Result<Vec<_>>>()
         .map_err(candle)?;
-    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
-        .map_err(|e| CheckpointError::Format {
-            path: path.into(),
-            reason: e.to_string(),
-        })?;
+    let mut bytes =
+        safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta)).map_err(
+            |e| CheckpointError::Format {
+                path: path.into(),
+                reason: e.to_string(),
+            },
+        )?;
+    canonicalize_header(&mut bytes);
     write_atomic(path, &bytes).map_err(|source| CheckpointError::Io {
         path: path.into(),
         source,
     })
+}
+
+/// Rewrites the JSON header with sorted keys. safetensors takes the metadata as a `HashMap`, whose
+/// order changes from run to run; identical models must give identical files (an adapter file
+/// records its base file's hash). The header keeps its length, so data offsets are unchanged.
+fn canonicalize_header(bytes: &mut [u8]) {
+    let Some(len) = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+    else {
+        return;
+    };
+    let Some(header) = bytes.get(8..8 + len) else {
+        return;
+    };
+    // BTreeMaps at both levels: serde_json's own map may keep insertion order (a dependency can
+    // turn on `preserve_order`), and the metadata arrives in HashMap order.
+    type Header = std::collections::BTreeMap<String, serde_json::Value>;
+    let Ok(mut value) = serde_json::from_slice::<Header>(header) else {
+        return;
+    };
+    if let Some(meta) = value.remove("__metadata__") {
+        let Ok(meta) = serde_json::from_value::<std::collections::BTreeMap<String, String>>(meta)
+        else {
+            return;
+        };
+        let Ok(meta) = serde_json::to_value(meta) else {
+            return;
+        };
+        value.insert("__metadata__".into(), meta);
+    }
+    let Ok(sorted) = serde_json::to_vec(&value) else {
+        return;
+    };
+    if sorted.len() <= len {
+        let dst = &mut bytes[8..8 + len];
+        dst[..sorted.len()].copy_from_slice(&sorted);
+        dst[sorted.len()..].fill(b' ');
+    }
 }
 
 fn load(

@@ -974,7 +974,11 @@ impl Store {
                 "UPDATE jobs SET status = 'done', updated_at = ?2 WHERE id = ?1",
                 params![job, now()],
             )
-            .map_err(|source| StoreError::Sql { path, context: "marking a job done", source })?;
+            .map_err(|source| StoreError::Sql {
+                path,
+                context: "marking a job done",
+                source,
+            })?;
         Ok(())
     }
 

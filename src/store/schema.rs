@@ -52,7 +52,7 @@ CREATE TABLE jobs (
     sweep_id     INTEGER NOT NULL REFERENCES sweeps(id),
     job_key      TEXT NOT NULL,
     cell_id      TEXT,
-    stage        TEXT NOT NULL CHECK (stage IN ('pretrain', 'finetune')),
+    stage        TEXT NOT NULL CHECK (stage IN ('pretrain', 'finetune', 'evaluate')),
     kind         TEXT,
     selector     TEXT,
     rank         INTEGER,

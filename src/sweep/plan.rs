@@ -79,13 +79,20 @@ fn train_config(t: &TrainSettings) -> TrainConfig {
     }
 }
 
-/// Hex SHA-256 (16 characters) of the config with its output folder blanked, plus fingerprints.
-pub fn job_key(config: &JobConfig, fp: &Fingerprints) -> String {
+/// Hex SHA-256 (16 characters) of the config plus fingerprints and dependency keys. Paths are
+/// left out (folders can move; the data fingerprints and the dependencies' keys stand for what
+/// the paths point at), so the same sweep in another checkout has the same keys.
+pub fn job_key(config: &JobConfig, fp: &Fingerprints, needs: &[String]) -> String {
     let mut c = config.clone();
     c.output = PathBuf::new();
+    c.data.dataset = PathBuf::new();
+    c.data.splits = None;
+    c.base = PerView::default();
+    c.adapters = PerView::default();
     let json = serde_json::to_string(&c).expect("a job config serializes");
+    let needs = needs.join(",");
     let mut h = Sha256::new();
-    for part in [KEY_VERSION, &json, &fp.code, &fp.source, &fp.target] {
+    for part in [KEY_VERSION, &json, &fp.code, &fp.source, &fp.target, &needs] {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -97,7 +104,11 @@ pub fn job_key(config: &JobConfig, fp: &Fingerprints) -> String {
 
 /// Builds the plan. `results` is the results root (`results/` by default).
 pub fn plan(spec: &Spec, fp: &Fingerprints, results: &Path) -> Plan {
-    let jobs_dir = sweep_dir(results, &spec.name).join("jobs");
+    // Job files hold absolute paths: a worker resolves relative ones against the job file.
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let jobs_dir = sweep_dir(&abs(results), &spec.name).join("jobs");
+    let source = abs(&spec.data.source);
+    let target = abs(&spec.data.target);
     let timeout_s = Some(spec.resources.timeout.as_secs_f64());
     let threads = spec.resources.threads;
     let mut jobs = Vec::new();
@@ -108,7 +119,7 @@ pub fn plan(spec: &Spec, fp: &Fingerprints, results: &Path) -> Plan {
             let mut config = JobConfig {
                 stage: Stage::Pretrain,
                 data: DataConfig {
-                    dataset: spec.data.source.clone(),
+                    dataset: source.clone(),
                     labels: labels(&spec.data.source_labels),
                     windows: vec![crate::data::preprocess::HuWindow::BRAIN],
                     fold: None,
@@ -130,7 +141,7 @@ pub fn plan(spec: &Spec, fp: &Fingerprints, results: &Path) -> Plan {
                 output: PathBuf::new(),
                 timeout_s,
             };
-            let key = job_key(&config, fp);
+            let key = job_key(&config, fp, &[]);
             config.output = jobs_dir.join(&key);
             let base_file = config
                 .output
@@ -149,12 +160,12 @@ pub fn plan(spec: &Spec, fp: &Fingerprints, results: &Path) -> Plan {
             });
         }
     }
-    let splits = spec.data.target.join(crate::data::folds::SPLITS_FILE);
+    let splits = target.join(crate::data::folds::SPLITS_FILE);
     for cell in &spec.cells {
         for fold in 0..spec.data.folds {
             for &seed in &spec.seeds {
                 jobs.push(cell_job(
-                    spec, cell, fold, seed, &bases, &splits, &jobs_dir, fp,
+                    spec, &target, cell, fold, seed, &bases, &splits, &jobs_dir, fp,
                 ));
             }
         }
@@ -169,6 +180,7 @@ pub fn plan(spec: &Spec, fp: &Fingerprints, results: &Path) -> Plan {
 #[allow(clippy::too_many_arguments)]
 fn cell_job(
     spec: &Spec,
+    target: &Path,
     cell: &Cell,
     fold: usize,
     seed: u64,
@@ -192,7 +204,7 @@ fn cell_job(
     let mut config = JobConfig {
         stage,
         data: DataConfig {
-            dataset: spec.data.target.clone(),
+            dataset: target.to_path_buf(),
             labels: labels(&spec.data.target_labels),
             windows: vec![crate::data::preprocess::HuWindow::BRAIN],
             fold: Some(fold),
@@ -214,7 +226,7 @@ fn cell_job(
         output: PathBuf::new(),
         timeout_s: Some(spec.resources.timeout.as_secs_f64()),
     };
-    let key = job_key(&config, fp);
+    let key = job_key(&config, fp, &needs);
     config.output = jobs_dir.join(&key);
     PlannedJob {
         key,

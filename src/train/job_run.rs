@@ -331,7 +331,7 @@ impl<'a> Runner<'a> {
             protocol: PROTOCOL_VERSION,
             class: ExitClass::Ok,
             stage: job.stage,
-            code_version: crate::version::code_fingerprint(),
+            code_version: crate::version::code_version(),
             seed: job.seed,
             device: job.device.to_string(),
             threads: rayon::current_num_threads(),

@@ -1,0 +1,51 @@
+//! `ranksweep ingest DIR --sweep NAME`: record result files made elsewhere (a cluster's shared
+//! file system) in the database. Idempotent: ingesting twice gives the same database.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct IngestArgs {
+    /// A folder searched recursively for `<job key>/result.json`.
+    pub dir: PathBuf,
+    /// The sweep the results belong to (planned by `run --dry-run` or `submit`).
+    #[arg(long)]
+    pub sweep: String,
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+}
+
+pub fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
+    let db = args
+        .db
+        .clone()
+        .unwrap_or_else(|| args.results.join("ranksweep.db"));
+    anyhow::ensure!(
+        db.exists(),
+        "{}: no database (plan the sweep first, or pass --db)",
+        db.display()
+    );
+    let mut store = crate::store::Store::open(&db)?;
+    let sweep = store
+        .sweep_id(&args.sweep)?
+        .ok_or_else(|| anyhow::anyhow!("no sweep named `{}` in {}", args.sweep, db.display()))?;
+    let s = crate::exec::ingest::ingest_tree(&mut store, sweep, &args.dir)?;
+    println!(
+        "ingested {} result(s); {} unknown job(s); {} unreadable",
+        s.ingested,
+        s.unknown.len(),
+        s.errors.len()
+    );
+    for e in &s.errors {
+        eprintln!("ranksweep: {e}");
+    }
+    Ok(if s.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,117 @@
+//! `ranksweep plan SPEC`: the exact jobs a run would make, with totals and, with `--explain`,
+//! why each would run or is already done.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+
+use crate::exec::sweep_run::{fingerprints, reasons};
+use crate::sweep::plan::{Fingerprints, plan, totals};
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// The sweep spec (YAML).
+    pub spec: PathBuf,
+    /// Print one JSON object (totals and every job).
+    #[arg(long)]
+    pub json: bool,
+    /// List every job with the reason it would run (new, pending, failed before) or not (done).
+    #[arg(long)]
+    pub explain: bool,
+    /// Results root (the database is `<results>/ranksweep.db`).
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+}
+
+pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let spec = crate::sweep::load(&args.spec)?;
+    // Before the first run the phantom data may not exist yet: plan with an `absent` data
+    // fingerprint (keys then change once the data is written).
+    let fp = if spec.data.synthesize.is_some()
+        && (!spec.data.source.join("dataset.json").exists()
+            || !spec.data.target.join("dataset.json").exists())
+    {
+        Fingerprints {
+            code: crate::version::code_fingerprint(),
+            source: "absent".into(),
+            target: "absent".into(),
+        }
+    } else {
+        fingerprints(&spec)?
+    };
+    let plan = plan(&spec, &fp, &args.results);
+    let db = args
+        .db
+        .clone()
+        .unwrap_or_else(|| args.results.join("ranksweep.db"));
+    let store = if db.exists() {
+        Some(crate::store::Store::open(&db)?)
+    } else {
+        None
+    };
+    let sweep = match &store {
+        Some(s) => s.sweep_id(&spec.name)?,
+        None => None,
+    };
+    let why = match &store {
+        Some(s) => reasons(s, sweep, &plan, false)?,
+        None => plan
+            .jobs
+            .iter()
+            .map(|j| (j.key.clone(), crate::exec::sweep_run::Reason::New, true))
+            .collect(),
+    };
+    let totals = totals(&plan);
+    if args.json {
+        let jobs: Vec<serde_json::Value> = plan
+            .jobs
+            .iter()
+            .zip(&why)
+            .map(|(j, (_, reason, runs))| {
+                serde_json::json!({"key": j.key, "label": j.label, "stage": j.stage, "needs": j.needs,
+                                   "reason": reason, "runs": runs, "config": j.config})
+            })
+            .collect();
+        let out = serde_json::json!({"sweep": plan.sweep, "fingerprints": plan.fingerprints,
+                                     "totals": totals, "jobs": jobs});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let counts = crate::sweep::counts(&spec.cells);
+    println!(
+        "{}: {} cells, {} jobs ({} folds × {} seeds × cells, plus {} pretrain)",
+        spec.name,
+        counts.total,
+        plan.jobs.len(),
+        spec.data.folds,
+        spec.seeds.len(),
+        totals.get("pretrain").copied().unwrap_or(0)
+    );
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(["jobs by kind", "count"]);
+    for (k, n) in &totals {
+        t.add_row(vec![k.clone(), n.to_string()]);
+    }
+    println!("{t}");
+    let runs = why.iter().filter(|(_, _, r)| *r).count();
+    println!("{runs} would run, {} already done", why.len() - runs);
+    if args.explain {
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED);
+        t.set_header(["job", "label", "needs", "reason"]);
+        for (j, (_, reason, _)) in plan.jobs.iter().zip(&why) {
+            let r = serde_json::to_value(reason)?
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            t.add_row(vec![j.key.clone(), j.label.clone(), j.needs.join(","), r]);
+        }
+        println!("{t}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,113 @@
+//! `ranksweep status [SWEEP]`: per-cell completeness, running jobs, failures.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The sweep (default: every sweep in the database).
+    pub sweep: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+}
+
+pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let db = args
+        .db
+        .clone()
+        .unwrap_or_else(|| args.results.join("ranksweep.db"));
+    anyhow::ensure!(
+        db.exists(),
+        "{}: no database (run a sweep first, or pass --db)",
+        db.display()
+    );
+    let store = crate::store::Store::open(&db)?;
+    let name = args
+        .sweep
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("give the sweep's name"))?;
+    let sweep = store
+        .sweep_id(&name)?
+        .ok_or_else(|| anyhow::anyhow!("no sweep named `{name}` in {}", db.display()))?;
+    let cells = store.cell_status(sweep)?;
+    let counts = store.status_counts(sweep)?;
+    let failures: Vec<(String, String, String)> = store
+        .jobs(sweep)?
+        .into_iter()
+        .filter(|j| j.status == crate::store::JobStatus::Failed)
+        .map(|j| {
+            let last = store
+                .attempts(sweep, &j.key)
+                .ok()
+                .and_then(|a| a.into_iter().last());
+            let class = last
+                .as_ref()
+                .and_then(|a| a.class)
+                .map(|c| c.to_string())
+                .unwrap_or_default();
+            let err = last.and_then(|a| a.error).unwrap_or_default();
+            (
+                j.key,
+                class,
+                err.lines().last().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    if args.json {
+        let cells: Vec<serde_json::Value> = cells
+            .iter()
+            .map(|c| serde_json::json!({"cell": c.cell.as_str(), "label": c.label, "jobs": c.jobs, "done": c.done,
+                                       "failed": c.failed, "running": c.running, "pending": c.pending,
+                                       "complete": c.is_complete()}))
+            .collect();
+        let failures: Vec<_> = failures
+            .iter()
+            .map(|(k, c, e)| serde_json::json!({"job": k, "class": c, "error": e}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"sweep": name, "pending": counts.pending,
+                "running": counts.running, "done": counts.done, "failed": counts.failed,
+                "cells": cells, "failures": failures})
+            )?
+        );
+    } else {
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED);
+        t.set_header(["cell", "done / jobs", "running", "failed", "complete"]);
+        for c in &cells {
+            t.add_row(vec![
+                c.label.clone(),
+                format!("{} / {}", c.done, c.jobs),
+                c.running.to_string(),
+                c.failed.to_string(),
+                if c.is_complete() {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+            ]);
+        }
+        println!("{t}");
+        println!(
+            "{name}: {} done, {} running, {} pending, {} failed",
+            counts.done, counts.running, counts.pending, counts.failed
+        );
+        for (k, c, e) in &failures {
+            println!("failed {k} ({c}): {e}");
+        }
+    }
+    Ok(if counts.failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
