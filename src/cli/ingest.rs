@@ -13,23 +13,13 @@ pub struct IngestArgs {
     /// The sweep the results belong to (planned by `run --dry-run` or `submit`).
     #[arg(long)]
     pub sweep: String,
-    #[arg(long, default_value = "results")]
-    pub results: PathBuf,
-    #[arg(long)]
-    pub db: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: super::store_args::StoreArgs,
 }
 
 pub fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
-    let db = args
-        .db
-        .clone()
-        .unwrap_or_else(|| args.results.join("ranksweep.db"));
-    anyhow::ensure!(
-        db.exists(),
-        "{}: no database (plan the sweep first, or pass --db)",
-        db.display()
-    );
-    let mut store = crate::store::Store::open(&db)?;
+    let db = args.store.db_path();
+    let mut store = args.store.open_existing()?;
     let sweep = store
         .sweep_id(&args.sweep)?
         .ok_or_else(|| anyhow::anyhow!("no sweep named `{}` in {}", args.sweep, db.display()))?;

@@ -29,6 +29,7 @@ pub mod predict;
 pub mod report;
 pub mod run;
 pub mod status;
+pub mod store_args;
 pub mod synth;
 pub mod train;
 pub mod worker;

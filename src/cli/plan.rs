@@ -20,11 +20,8 @@ pub struct PlanArgs {
     /// List every job with the reason it would run (new, pending, failed before) or not (done).
     #[arg(long)]
     pub explain: bool,
-    /// Results root (the database is `<results>/ranksweep.db`).
-    #[arg(long, default_value = "results")]
-    pub results: PathBuf,
-    #[arg(long)]
-    pub db: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: super::store_args::StoreArgs,
 }
 
 pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
@@ -43,16 +40,8 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     } else {
         fingerprints(&spec)?
     };
-    let plan = plan(&spec, &fp, &args.results);
-    let db = args
-        .db
-        .clone()
-        .unwrap_or_else(|| args.results.join("ranksweep.db"));
-    let store = if db.exists() {
-        Some(crate::store::Store::open(&db)?)
-    } else {
-        None
-    };
+    let plan = plan(&spec, &fp, &args.store.results);
+    let store = args.store.open_if_exists()?;
     let sweep = match &store {
         Some(s) => s.sweep_id(&spec.name)?,
         None => None,

@@ -20,12 +20,8 @@ pub struct ReportArgs {
     /// one entry per cell with its per-case results and loss curves.
     #[arg(long)]
     pub input: Option<PathBuf>,
-    /// Results root (the database is `<results>/ranksweep.db` unless `--db` is given).
-    #[arg(long, default_value = "results")]
-    pub results: PathBuf,
-    /// The SQLite database.
-    #[arg(long)]
-    pub db: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: super::store_args::StoreArgs,
     /// Output folder (created if missing): index.html, report.md, charts/, csv/, tex/.
     /// Default: `<results>/<sweep>/report`.
     #[arg(long)]
@@ -46,25 +42,13 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let formats = Format::parse_list(&args.format)?;
     let input = match (&args.input, &args.sweep) {
         (Some(file), _) => ReportInput::from_json_file(file)?,
-        (None, Some(name)) => {
-            let db = args
-                .db
-                .clone()
-                .unwrap_or_else(|| args.results.join("ranksweep.db"));
-            anyhow::ensure!(
-                db.exists(),
-                "{}: no database (run a sweep first, or pass --db)",
-                db.display()
-            );
-            let store = crate::store::Store::open(&db)?;
-            report::from_store::load_input(&store, name)?
-        }
+        (None, Some(name)) => report::from_store::load_input(&args.store.open_existing()?, name)?,
         (None, None) => anyhow::bail!("give a sweep name or `--input FILE.json`"),
     };
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| args.results.join(&input.sweep).join("report"));
+        .unwrap_or_else(|| args.store.results.join(&input.sweep).join("report"));
     let paths = report::write_report(&input, &out, &formats, &args.strata)?;
     if !args.quiet {
         let text = format!(

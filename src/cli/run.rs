@@ -32,19 +32,15 @@ pub struct RunArgs {
     /// Plan and record, run nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Results root: job folders, the database (`ranksweep.db`) and reports go here.
-    #[arg(long, default_value = "results")]
-    pub results: PathBuf,
-    /// The SQLite database (default `<results>/ranksweep.db`; keep it on a local disk).
-    #[arg(long)]
-    pub db: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: super::store_args::StoreArgs,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let opts = RunOptions {
         spec: args.spec,
-        results: args.results.clone(),
-        db: args.db.clone(),
+        results: args.store.results.clone(),
+        db: args.store.db_path(),
         devices: args.devices,
         slots_per_device: args.slots_per_device,
         threads_per_job: args.threads_per_job,
@@ -63,7 +59,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let store = crate::store::Store::open(&outcome.db)?;
     let input = crate::report::from_store::load_input(&store, &outcome.sweep)?;
-    let out = args.results.join(&outcome.sweep).join("report");
+    let out = args.store.results.join(&outcome.sweep).join("report");
     let formats = crate::report::Format::parse_list("md,html,csv")?;
     let paths =
         crate::report::write_report(&input, &out, &formats, &crate::metrics::Strata::default())?;

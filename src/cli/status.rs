@@ -1,6 +1,5 @@
-//! `ranksweep status [SWEEP]`: per-cell completeness, running jobs, failures.
+//! `ranksweep status SWEEP`: per-cell completeness, running jobs, failures.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
@@ -8,31 +7,18 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// The sweep (default: every sweep in the database).
-    pub sweep: Option<String>,
+    /// The sweep's name.
+    pub sweep: String,
     #[arg(long)]
     pub json: bool,
-    #[arg(long, default_value = "results")]
-    pub results: PathBuf,
-    #[arg(long)]
-    pub db: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: super::store_args::StoreArgs,
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let db = args
-        .db
-        .clone()
-        .unwrap_or_else(|| args.results.join("ranksweep.db"));
-    anyhow::ensure!(
-        db.exists(),
-        "{}: no database (run a sweep first, or pass --db)",
-        db.display()
-    );
-    let store = crate::store::Store::open(&db)?;
-    let name = args
-        .sweep
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("give the sweep's name"))?;
+    let db = args.store.db_path();
+    let store = args.store.open_existing()?;
+    let name = args.sweep.clone();
     let sweep = store
         .sweep_id(&name)?
         .ok_or_else(|| anyhow::anyhow!("no sweep named `{name}` in {}", db.display()))?;

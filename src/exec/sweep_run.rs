@@ -3,7 +3,7 @@
 //! device slots, ingest each result as it lands, and record every attempt. The orchestrator is
 //! the only process that writes the database; workers write files.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,8 +24,8 @@ pub struct RunOptions {
     pub spec: PathBuf,
     /// Results root: job folders under `<results>/<sweep>/jobs/`.
     pub results: PathBuf,
-    /// Database file; default `<results>/ranksweep.db`.
-    pub db: Option<PathBuf>,
+    /// The database file.
+    pub db: PathBuf,
     pub devices: String,
     pub slots_per_device: Option<usize>,
     pub threads_per_job: Option<usize>,
@@ -33,14 +33,6 @@ pub struct RunOptions {
     pub timeout: Option<Duration>,
     pub rerun_failed: bool,
     pub dry_run: bool,
-}
-
-impl RunOptions {
-    pub fn db_path(&self) -> PathBuf {
-        self.db
-            .clone()
-            .unwrap_or_else(|| self.results.join("ranksweep.db"))
-    }
 }
 
 /// Why a planned job runs now, or does not.
@@ -187,7 +179,7 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
     let fp = fingerprints(&spec)?;
     ensure_splits(&spec)?;
     let plan = plan(&spec, &fp, &opts.results);
-    let db = opts.db_path();
+    let db = opts.db.clone();
     if let Some(dir) = db.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -368,9 +360,4 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
         cached,
         summary: Some(summary),
     })
-}
-
-/// The database path for a results root.
-pub fn default_db(results: &Path) -> PathBuf {
-    results.join("ranksweep.db")
 }
