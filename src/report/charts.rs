@@ -104,6 +104,36 @@ fn font(size: u32) -> TextStyle<'static> {
     (FAMILY, size).into_font().into()
 }
 
+/// The frame every single-panel chart shares: title, margins and axis label areas.
+fn frame<'a, 'b, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    y_label_area: u32,
+) -> ChartBuilder<'a, 'b, DB> {
+    let mut b = ChartBuilder::on(root);
+    b.caption(title, font(22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(y_label_area);
+    b
+}
+
+/// The legend box every chart draws, in one style.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    font_size: u32,
+    position: SeriesLabelPosition,
+) -> DrawResult<DB> {
+    chart
+        .configure_series_labels()
+        .label_font(font(font_size))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .position(position)
+        .draw()
+}
+
+/// A legend entry for a line series.
 fn legend_mark(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
     move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
 }
@@ -354,13 +384,7 @@ impl Chart for DiceVsRank {
                         .map(|p| Circle::new((p.0, p.1), 3, color.filled())),
                 )?;
             }
-            chart
-                .configure_series_labels()
-                .label_font(font(11))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.4))
-                .position(SeriesLabelPosition::LowerRight)
-                .draw()?;
+            draw_legend(&mut chart, 11, SeriesLabelPosition::LowerRight)?;
         }
         Ok(())
     }
@@ -447,12 +471,8 @@ impl Chart for DiceVsParams {
         } else {
             (1.0, 1e6)
         };
-        let mut chart = ChartBuilder::on(root)
-            .caption(self.title(), font(22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d((x0..x1).log_scale(), DICE_RANGE)?;
+        let mut chart =
+            frame(root, &self.title(), 50).build_cartesian_2d((x0..x1).log_scale(), DICE_RANGE)?;
         chart
             .configure_mesh()
             .x_desc("trainable parameters")
@@ -491,13 +511,7 @@ impl Chart for DiceVsParams {
                 .label(kind.name())
                 .legend(move |(x, y)| Circle::new((x + 9, y), 4, c.filled()));
         }
-        chart
-            .configure_series_labels()
-            .label_font(font(12))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()?;
+        draw_legend(&mut chart, 12, SeriesLabelPosition::LowerRight)?;
         Ok(())
     }
 }
@@ -549,12 +563,8 @@ impl Chart for DiceByStratum {
                 String::new()
             }
         };
-        let mut chart = ChartBuilder::on(root)
-            .caption(self.title(), font(22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(-0.5..n - 0.5, DICE_RANGE)?;
+        let mut chart =
+            frame(root, &self.title(), 50).build_cartesian_2d(-0.5..n - 0.5, DICE_RANGE)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -582,13 +592,7 @@ impl Chart for DiceByStratum {
                 .label(name.clone())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
         }
-        chart
-            .configure_series_labels()
-            .label_font(font(12))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()?;
+        draw_legend(&mut chart, 12, SeriesLabelPosition::UpperLeft)?;
         Ok(())
     }
 }
@@ -638,12 +642,7 @@ impl Chart for VolumeScatter {
             .flat_map(|g| g.2.iter().flat_map(|p| [p.0, p.1]))
             .fold(1.0f64, f64::max)
             * 1.05;
-        let mut chart = ChartBuilder::on(root)
-            .caption(self.title(), font(22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.0..max, 0.0..max)?;
+        let mut chart = frame(root, &self.title(), 50).build_cartesian_2d(0.0..max, 0.0..max)?;
         chart
             .configure_mesh()
             .x_desc("annotated volume (mL)")
@@ -665,13 +664,7 @@ impl Chart for VolumeScatter {
                 .label(name.clone())
                 .legend(move |(x, y)| Circle::new((x + 9, y), 4, c.filled()));
         }
-        chart
-            .configure_series_labels()
-            .label_font(font(12))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()?;
+        draw_legend(&mut chart, 12, SeriesLabelPosition::UpperLeft)?;
         Ok(())
     }
 }
@@ -736,12 +729,8 @@ impl Chart for BlandAltmanPlot {
             .filter(|v| v.is_finite());
         let (lo, hi) = ys.fold((-1.0f64, 1.0f64), |(a, b), v| (a.min(v), b.max(v)));
         let pad = 0.1 * (hi - lo);
-        let mut chart = ChartBuilder::on(root)
-            .caption(self.title(), font(22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.0..xmax, (lo - pad)..(hi + pad))?;
+        let mut chart =
+            frame(root, &self.title(), 50).build_cartesian_2d(0.0..xmax, (lo - pad)..(hi + pad))?;
         chart
             .configure_mesh()
             .x_desc("mean of predicted and annotated volume (mL)")
@@ -774,13 +763,7 @@ impl Chart for BlandAltmanPlot {
                 .label("95% limits")
                 .legend(legend_mark(l));
         }
-        chart
-            .configure_series_labels()
-            .label_font(font(12))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()?;
+        draw_legend(&mut chart, 12, SeriesLabelPosition::UpperRight)?;
         Ok(())
     }
 }
@@ -853,12 +836,8 @@ impl Chart for LossCurves {
             (0.0, 1.0)
         };
         let pad = 0.05 * (hi - lo);
-        let mut chart = ChartBuilder::on(root)
-            .caption(self.title(), font(22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..xmax, (lo - pad)..(hi + pad))?;
+        let mut chart =
+            frame(root, &self.title(), 60).build_cartesian_2d(0.0..xmax, (lo - pad)..(hi + pad))?;
         chart
             .configure_mesh()
             .x_desc("step")
@@ -873,13 +852,7 @@ impl Chart for LossCurves {
                 .label(name.clone())
                 .legend(legend_mark(c));
         }
-        chart
-            .configure_series_labels()
-            .label_font(font(12))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()?;
+        draw_legend(&mut chart, 12, SeriesLabelPosition::UpperRight)?;
         Ok(())
     }
 }
