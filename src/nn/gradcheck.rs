@@ -79,6 +79,32 @@ pub fn assert_close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {
     );
 }
 
+/// Asserts that an own op and its reference agree: forward within `tol`, and the gradient of
+/// the probe loss `Σ out ⊙ probe` with respect to each named variable within `tol`.
+pub fn assert_matches_reference(
+    own: &Tensor,
+    refr: &Tensor,
+    probe: &Tensor,
+    vars: &[(&str, &Var)],
+    tol: f64,
+) -> Result<()> {
+    assert_close(own, refr, tol, "forward");
+    let g_own = (own * probe)?.sum_all()?.backward()?;
+    let g_ref = (refr * probe)?.sum_all()?.backward()?;
+    for (name, v) in vars {
+        let (a, b) = (g_own.get(v), g_ref.get(v));
+        let (Some(a), Some(b)) = (a, b) else {
+            panic!(
+                "{name}: no gradient (own: {}, reference: {})",
+                a.is_some(),
+                b.is_some()
+            );
+        };
+        assert_close(a, b, tol, name);
+    }
+    Ok(())
+}
+
 /// Checks the gradients of `f` for every input whose flag is true against central differences
 /// (f64, step 1e-6): max |analytic − numeric| / max |numeric| < [`FD_TOL`], and the numeric
 /// gradient must not vanish. Inputs whose flag is false stay plain tensors (frozen).

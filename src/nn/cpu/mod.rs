@@ -304,58 +304,27 @@ mod tests {
         let lhs = [1.0f64, 2., 3., 4., 5., 6.];
         let rhs = [1.0f64, 0., 2., -1., 1., 0.5];
         let mut dst = [0.0f64; 4];
-        unsafe {
+        // lhs strides (3, 1), rhs (1, 3), dst (1, 2); `k` = 0 leaves dst (accumulate) or zeroes it.
+        let product = |dst: &mut [f64; 4], k: usize, accumulate: bool| unsafe {
             gemm(
-                (2, 2, 3),
+                (2, 2, k),
                 dst.as_mut_ptr(),
                 (1, 2),
-                false,
+                accumulate,
                 lhs.as_ptr(),
                 (3, 1),
                 rhs.as_ptr(),
                 (1, 3),
             )
         };
+        product(&mut dst, 3, false);
         // row 0: [1,2,3]·[1,0,2] = 7, [1,2,3]·[-1,1,0.5] = 2.5; row 1: 4+12 = 16, -4+5+3 = 4.
         assert_eq!(dst, [7.0, 16.0, 2.5, 4.0]);
-        unsafe {
-            gemm(
-                (2, 2, 3),
-                dst.as_mut_ptr(),
-                (1, 2),
-                true,
-                lhs.as_ptr(),
-                (3, 1),
-                rhs.as_ptr(),
-                (1, 3),
-            )
-        };
+        product(&mut dst, 3, true);
         assert_eq!(dst, [14.0, 32.0, 5.0, 8.0]);
-        unsafe {
-            gemm(
-                (2, 2, 0),
-                dst.as_mut_ptr(),
-                (1, 2),
-                true,
-                lhs.as_ptr(),
-                (3, 1),
-                rhs.as_ptr(),
-                (1, 3),
-            )
-        };
+        product(&mut dst, 0, true);
         assert_eq!(dst, [14.0, 32.0, 5.0, 8.0]);
-        unsafe {
-            gemm(
-                (2, 2, 0),
-                dst.as_mut_ptr(),
-                (1, 2),
-                false,
-                lhs.as_ptr(),
-                (3, 1),
-                rhs.as_ptr(),
-                (1, 3),
-            )
-        };
+        product(&mut dst, 0, false);
         assert_eq!(dst, [0.0; 4]);
     }
 
