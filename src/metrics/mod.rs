@@ -23,7 +23,7 @@ pub mod aggregate;
 pub mod agreement;
 pub mod distance;
 mod error;
-mod nan_null;
+pub(crate) mod nan_null;
 pub mod seg;
 pub mod stats;
 pub mod strata;

@@ -19,10 +19,10 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::input::nan_null;
 use super::render::{escape_md, fmt_p, fmt3};
 use super::table::shared_dice;
 use super::{CellResult, ReportError, ReportInput};
+use crate::metrics::nan_null;
 use crate::metrics::stats::{paired_diff_ci, wilcoxon};
 use crate::metrics::{MeanSd, mean_sd};
 

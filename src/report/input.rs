@@ -11,6 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::ReportError;
+use crate::metrics::nan_null;
 use crate::model::AdaptationKind;
 
 /// A sweep's results, as the report needs them.
@@ -182,24 +183,6 @@ impl ReportInput {
             }
         }
         Ok(())
-    }
-}
-
-/// NaN (or ±inf) written as JSON `null` and read back as NaN (serde_json refuses `null` for
-/// an `f64` otherwise). The same convention as `metrics`.
-pub(crate) mod nan_null {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &f64, s: S) -> Result<S::Ok, S::Error> {
-        if value.is_finite() {
-            s.serialize_f64(*value)
-        } else {
-            s.serialize_none()
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
     }
 }
 

@@ -11,9 +11,9 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::input::nan_null;
 use super::{CellResult, ReportError, ReportInput};
 use crate::metrics::aggregate::StratumSummary;
+use crate::metrics::nan_null;
 use crate::metrics::stats::{holm, wilcoxon};
 use crate::metrics::{MeanSd, Strata, VolumeAgreement, agreement::volume_agreement, mean_sd};
 use crate::model::AdaptationKind;
