@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ranksweep::slurm::{
+use ranksweep::exec::slurm::{
     self, Manifest, SbatchOptions, SubmitJob, SubmitRequest, TaskState, TaskStatus, WorkerCommand,
     write_submission,
 };
