@@ -109,6 +109,7 @@ fn setup(modes: &[&str], parallel: u32) -> Setup {
             SubmitJob {
                 job_id: format!("job {i}"),
                 job_file,
+                phase: 0,
             }
         })
         .collect();
