@@ -127,7 +127,11 @@ fn slurm_views(
 fn print_slurm(views: &[slurm::TaskView]) {
     let counts = slurm::reconcile::verdict_counts(views);
     let parts: Vec<String> = counts.iter().map(|(v, n)| format!("{n} {v}")).collect();
-    println!("slurm: {} submitted job(s): {}", views.len(), parts.join(", "));
+    println!(
+        "slurm: {} submitted job(s): {}",
+        views.len(),
+        parts.join(", ")
+    );
     for v in views
         .iter()
         .filter(|v| v.verdict.is_problem() || v.verdict == slurm::Verdict::NotSubmitted)

@@ -116,7 +116,10 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if let Some(i) = &sub.manifest.ingest {
-        println!("ingest and report: job {}", i.slurm_job_id.unwrap_or_default());
+        println!(
+            "ingest and report: job {}",
+            i.slurm_job_id.unwrap_or_default()
+        );
     }
     println!(
         "submitted {tasks} job(s) as {}; follow with `ranksweep status {}`",

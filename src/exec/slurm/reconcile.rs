@@ -321,10 +321,7 @@ mod tests {
         assert_eq!(views[1].slurm_state.as_deref(), Some("CANCELLED"));
         let counts = verdict_counts(&views);
         assert_eq!(counts[&Verdict::Done], 1);
-        assert_eq!(
-            views.iter().filter(|v| v.verdict.is_problem()).count(),
-            4
-        );
+        assert_eq!(views.iter().filter(|v| v.verdict.is_problem()).count(), 4);
         assert_eq!(views.iter().filter(|v| v.verdict.is_live()).count(), 2);
     }
 

@@ -609,14 +609,21 @@ mod tests {
             db: Path::new("/d/x.db"),
             sweep: "s",
         };
-        assert!(render_ingest_script(&IngestOptions::default(), &cmd, &[], Path::new("/l")).is_err());
+        assert!(
+            render_ingest_script(&IngestOptions::default(), &cmd, &[], Path::new("/l")).is_err()
+        );
         let relative_db = IngestCommand {
             db: Path::new("x.db"),
             ..cmd
         };
-        let err = render_ingest_script(&IngestOptions::default(), &relative_db, &[1], Path::new("/l"))
-            .unwrap_err()
-            .to_string();
+        let err = render_ingest_script(
+            &IngestOptions::default(),
+            &relative_db,
+            &[1],
+            Path::new("/l"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("`db`"), "{err}");
     }
 

@@ -476,6 +476,39 @@ mod tests {
     }
 
     #[test]
+    fn phases_are_chunked_apart_below_a_small_max_array_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut js = jobs(tmp.path(), 8);
+        // 3 pre-training jobs, then 5 fine-tuning jobs; MaxArraySize 2 (indices 0 and 1).
+        for j in &mut js[3..] {
+            j.phase = 1;
+        }
+        let chunks = chunk_phases(&js, 2, 4).unwrap();
+        let got: Vec<(u32, usize, usize, usize, String)> = chunks
+            .iter()
+            .map(|(p, c)| (*p, c.chunk, c.first, c.len, c.array_spec()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, 0, 0, 2, "0-1%2".into()),
+                (0, 1, 2, 1, "0-0%1".into()),
+                (1, 2, 3, 2, "0-1%2".into()),
+                (1, 3, 5, 2, "0-1%2".into()),
+                (1, 4, 7, 1, "0-0%1".into()),
+            ]
+        );
+        // A chunk never mixes phases, so a later phase can wait on whole earlier arrays.
+        for (p, c) in &chunks {
+            assert!(js[c.first..c.first + c.len].iter().all(|j| j.phase == *p));
+        }
+        js.swap(0, 7);
+        let err = chunk_phases(&js, 2, 4).unwrap_err().to_string();
+        assert!(err.contains("`phase`") && err.contains("sorted"), "{err}");
+        assert!(chunk_phases(&[], 2, 4).unwrap().is_empty());
+    }
+
+    #[test]
     fn submission_folder_has_lists_scripts_and_a_manifest_that_round_trips() {
         let tmp = tempfile::tempdir().unwrap();
         let jobs = jobs(tmp.path(), 7);

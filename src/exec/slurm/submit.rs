@@ -92,7 +92,9 @@ pub fn submit_sweep(opts: &SubmitOptions) -> anyhow::Result<SubmitOutcome> {
     let (views, _) = match super::reconcile::slurm_status(&sweep_dir) {
         Ok(v) => v,
         Err(e) if opts.dry_run => {
-            eprintln!("ranksweep: cannot ask SLURM about earlier submissions ({e}); dry run goes on");
+            eprintln!(
+                "ranksweep: cannot ask SLURM about earlier submissions ({e}); dry run goes on"
+            );
             (Vec::new(), super::reconcile::StateSource::None)
         }
         Err(e) => return Err(e).context("reconciling earlier submissions with SLURM"),
@@ -107,7 +109,10 @@ pub fn submit_sweep(opts: &SubmitOptions) -> anyhow::Result<SubmitOutcome> {
         .iter()
         .map(|(k, r, runs)| (k.as_str(), (*r, *runs)))
         .collect();
-    let done = reasons.iter().filter(|(_, r, _)| *r == Reason::Done).count();
+    let done = reasons
+        .iter()
+        .filter(|(_, r, _)| *r == Reason::Done)
+        .count();
     let mut out = SubmitOutcome {
         sweep: spec.name.clone(),
         planned: plan.jobs.len(),
