@@ -118,9 +118,15 @@ fn slurm_views(
     if !dir.join("submissions").is_dir() {
         return Ok(None);
     }
-    let (views, source) = slurm::slurm_status(&dir)
-        .map_err(|e| anyhow::anyhow!(e).context("reconciling the sweep with SLURM"))?;
-    Ok(Some((views, source)))
+    // SLURM may be unreachable from here (another host, daemons down): the database part of
+    // the status still stands, so say why and go on.
+    match slurm::slurm_status(&dir) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) => {
+            eprintln!("ranksweep: cannot reconcile {sweep} with SLURM: {e}");
+            Ok(None)
+        }
+    }
 }
 
 /// Counts per verdict, then one line per job that ended without a result or was never sent.
