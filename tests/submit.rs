@@ -409,3 +409,53 @@ fn usr1_interrupts_a_worker_without_a_result_and_its_rerun_completes() {
     assert_eq!(o.status.code(), Some(0), "{}", util::stderr(&o));
     assert!(out.join(RESULT_FILE).is_file());
 }
+
+#[test]
+fn dry_run_writes_job_files_scripts_and_manifest_and_submits_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join(NASTY);
+    std::fs::create_dir_all(&root).unwrap();
+    cohorts(&root);
+    let spec = spec(&root, "dry", 10);
+    let o = util::ranksweep(
+        &root,
+        &[
+            "submit",
+            spec.to_str().unwrap(),
+            "--backend",
+            "slurm",
+            "--gres",
+            "gpu:1",
+            "--time",
+            "1h",
+            "--max-parallel",
+            "3",
+            "--dry-run",
+        ],
+    );
+    let text = util::stdout(&o);
+    assert!(o.status.success(), "{text}{}", util::stderr(&o));
+    assert!(text.contains("nothing submitted"), "{text}");
+    let subs = manifests(&root.join("results/dry"));
+    assert_eq!(subs.len(), 1);
+    let (dir, m) = &subs[0];
+    assert!(m.submitted_ids().is_empty() && m.ingest.is_none(), "{m:#?}");
+    for c in &m.chunks {
+        let script = dir.join(&c.script);
+        // Printed as written, and bash can parse it despite the hostile folder name.
+        let body = std::fs::read_to_string(&script).unwrap();
+        assert!(text.contains(&body), "{text}");
+        assert!(body.contains("#SBATCH --gres=\"gpu:1\"\n"), "{body}");
+        assert!(body.contains("#SBATCH --time=0-01:00:00\n"), "{body}");
+        let n = Command::new("bash")
+            .arg("-n")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(n.status.success(), "{}", String::from_utf8_lossy(&n.stderr));
+        for t in &c.tasks {
+            assert!(t.job_file.is_file() && t.job_file.is_absolute(), "{t:?}");
+        }
+    }
+    assert_eq!(m.chunks[1].array, "0-5%3");
+}
