@@ -5,12 +5,8 @@
 //! - [`nn`]: training ops with correct, fast gradients (own candle ops), losses, devices;
 //! - [`model`]: `Unet2d`, adapters, selectors, optimizer, checkpoints;
 //! - [`data`] and [`metrics`]: NIfTI datasets, preprocessing, folds, phantoms; Dice, HD95, stats;
-//! - `train`, `sweep`, `store`, [`report`]; `exec` and `cli` on top.
-//! - `train`, `sweep`, `store`, `report`; `exec` and `cli` on top;
-//! - [`slurm`]: SLURM job arrays (sbatch scripts, manifests, squeue/scontrol parsers), to move
-//!   under `exec`.
-//! - `train`, `sweep`, `store`, `report`; [`exec`] (the scheduler of worker processes) and
-//!   `cli` on top.
+//! - `train`, `sweep`, `store`, [`report`]; [`exec`] (the scheduler of worker processes, and
+//!   `exec::slurm`, the SLURM job-array backend) and `cli` on top.
 
 pub mod cli;
 pub mod data;
@@ -19,7 +15,6 @@ pub mod metrics;
 pub mod model;
 pub mod nn;
 pub mod report;
-pub mod slurm;
 pub mod store;
 pub mod sweep;
 pub mod train;

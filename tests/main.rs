@@ -8,5 +8,6 @@ mod model;
 mod phantom;
 mod report;
 mod slurm;
+mod submit;
 mod sweep;
 mod util;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ranksweep::slurm::{
+use ranksweep::exec::slurm::{
     self, Manifest, SbatchOptions, SubmitJob, SubmitRequest, TaskState, TaskStatus, WorkerCommand,
     write_submission,
 };
@@ -45,7 +45,7 @@ exit 1
 
 /// True when the local SLURM answers with an idle (or busy) node. Otherwise prints why and,
 /// under CI, fails the test.
-fn slurm_ready() -> bool {
+pub fn slurm_ready() -> bool {
     let why = match Command::new("sinfo").args(["-h", "-o", "%T"]).output() {
         Err(e) => format!("cannot run sinfo: {e}"),
         Ok(out) if !out.status.success() => format!(
@@ -70,7 +70,7 @@ fn slurm_ready() -> bool {
 }
 
 /// Cancels the array when a test ends, so no task outlives its temporary folder.
-struct Cancel(Option<u64>);
+pub struct Cancel(pub Option<u64>);
 
 impl Drop for Cancel {
     fn drop(&mut self) {
@@ -109,6 +109,7 @@ fn setup(modes: &[&str], parallel: u32) -> Setup {
             SubmitJob {
                 job_id: format!("job {i}"),
                 job_file,
+                phase: 0,
             }
         })
         .collect();

@@ -30,6 +30,7 @@ pub mod report;
 pub mod run;
 pub mod status;
 pub mod store_args;
+pub mod submit;
 pub mod synth;
 pub mod train;
 pub mod worker;
@@ -77,6 +78,8 @@ pub enum Command {
     Compare(compare::CompareArgs),
     /// Synthesize a TBI or SAH head-CT phantom cohort (nnU-Net v2 layout).
     Synth(synth::SynthArgs),
+    /// Submit a sweep to a cluster scheduler (SLURM job arrays) with an ingest-and-report job.
+    Submit(submit::SubmitArgs),
 }
 
 /// Parses the command line, runs the subcommand and maps errors to the documented exit codes.
@@ -99,6 +102,7 @@ pub fn main() -> ExitCode {
         Command::Compare(args) => compare::run(args),
         Command::Exec(args) => exec::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Submit(args) => submit::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,9 +1,12 @@
-//! `ranksweep status SWEEP`: per-cell completeness, running jobs, failures.
+//! `ranksweep status SWEEP`: per-cell completeness, running jobs, failures; for a sweep sent to
+//! SLURM (`submit`), each submitted job's SLURM state reconciled with its result file.
 
 use std::process::ExitCode;
 
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+
+use crate::exec::slurm;
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -46,6 +49,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             )
         })
         .collect();
+    let slurm = slurm_views(&args.store.results, &name)?;
     if args.json {
         let cells: Vec<serde_json::Value> = cells
             .iter()
@@ -62,7 +66,8 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(
                 &serde_json::json!({"sweep": name, "pending": counts.pending,
                 "running": counts.running, "done": counts.done, "failed": counts.failed,
-                "cells": cells, "failures": failures})
+                "cells": cells, "failures": failures,
+                "slurm": slurm.as_ref().map(|(views, source)| serde_json::json!({"source": source, "tasks": views}))})
             )?
         );
     } else {
@@ -90,10 +95,64 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         for (k, c, e) in &failures {
             println!("failed {k} ({c}): {e}");
         }
+        if let Some((views, _)) = &slurm {
+            print_slurm(views);
+        }
     }
-    Ok(if counts.failed > 0 {
+    let slurm_problems = slurm
+        .as_ref()
+        .is_some_and(|(views, _)| views.iter().any(|v| v.verdict.is_problem()));
+    Ok(if counts.failed > 0 || slurm_problems {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The SLURM section: only for a sweep with submissions under `<results>/<sweep>/submissions`.
+fn slurm_views(
+    results: &std::path::Path,
+    sweep: &str,
+) -> anyhow::Result<Option<(Vec<slurm::TaskView>, slurm::StateSource)>> {
+    let dir = crate::sweep::plan::sweep_dir(results, sweep);
+    if !dir.join("submissions").is_dir() {
+        return Ok(None);
+    }
+    // SLURM may be unreachable from here (another host, daemons down): the database part of
+    // the status still stands, so say why and go on.
+    match slurm::slurm_status(&dir) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) => {
+            eprintln!("ranksweep: cannot reconcile {sweep} with SLURM: {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// Counts per verdict, then one line per job that ended without a result or was never sent.
+fn print_slurm(views: &[slurm::TaskView]) {
+    let counts = slurm::reconcile::verdict_counts(views);
+    let parts: Vec<String> = counts.iter().map(|(v, n)| format!("{n} {v}")).collect();
+    println!(
+        "slurm: {} submitted job(s): {}",
+        views.len(),
+        parts.join(", ")
+    );
+    for v in views
+        .iter()
+        .filter(|v| v.verdict.is_problem() || v.verdict == slurm::Verdict::NotSubmitted)
+    {
+        let state = v.slurm_state.as_deref().unwrap_or("unknown to SLURM");
+        let exit = v
+            .exit
+            .map(|e| format!(", exit {}:{}", e.code, e.signal))
+            .unwrap_or_default();
+        println!(
+            "{} {} (task {} of submission {}, {state}{exit}): no result",
+            v.verdict,
+            v.job,
+            v.slurm_name(),
+            v.submission
+        );
+    }
 }

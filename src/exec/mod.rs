@@ -21,6 +21,8 @@
 //! - `<dir>/lease.json` names the orchestrator (pid, host) while an attempt runs;
 //!   [`reclaim_stale`] removes one whose owner died.
 //!
+//! [`slurm`] is the other backend: the same worker run by SLURM job arrays (`submit`).
+//!
 //! The caller (the `run` command) owns the database: it receives events, records them, and
 //! passes them to the [`Reporter`].
 
@@ -33,6 +35,7 @@ pub mod lease;
 pub mod reporter;
 pub mod scheduler;
 pub mod signal;
+pub mod slurm;
 mod supervise;
 pub mod sweep_run;
 

@@ -3,7 +3,7 @@
 //! device slots, ingest each result as it lands, and record every attempt. The orchestrator is
 //! the only process that writes the database; workers write files.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -172,19 +172,58 @@ pub struct SweepOutcome {
     pub summary: Option<RunSummary>,
 }
 
-/// Runs a sweep end to end on this machine.
-pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
-    let spec = load(&opts.spec)?;
+/// A sweep planned and recorded in the database: what every backend (`run`, `submit`) starts
+/// from.
+pub struct Prepared {
+    pub spec: Spec,
+    pub plan: Plan,
+    pub store: Store,
+    pub sweep: SweepId,
+}
+
+/// Loads the spec, synthesizes missing phantom data, fingerprints code and data, makes the
+/// splits, plans, opens (creating) the database and records the plan.
+pub fn prepare_sweep(spec: &Path, results: &Path, db: &Path) -> anyhow::Result<Prepared> {
+    let spec = load(spec)?;
     synthesize_missing(&spec)?;
     let fp = fingerprints(&spec)?;
     ensure_splits(&spec)?;
-    let plan = plan(&spec, &fp, &opts.results);
-    let db = opts.db.clone();
+    let plan = plan(&spec, &fp, results);
     if let Some(dir) = db.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let mut store = Store::open(&db)?;
+    let mut store = Store::open(db)?;
     let sweep = record_plan(&mut store, &spec, &plan)?;
+    Ok(Prepared {
+        spec,
+        plan,
+        store,
+        sweep,
+    })
+}
+
+/// Writes a planned job's `job.json` (creating its folder) and returns the file's path.
+pub fn write_job_file(j: &PlannedJob) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(&j.config.output)
+        .with_context(|| format!("cannot create {}", j.config.output.display()))?;
+    let job_file = j.config.output.join("job.json");
+    crate::model::checkpoint::write_atomic(
+        &job_file,
+        serde_json::to_string_pretty(&j.config)?.as_bytes(),
+    )
+    .with_context(|| format!("cannot write {}", job_file.display()))?;
+    Ok(job_file)
+}
+
+/// Runs a sweep end to end on this machine.
+pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
+    let db = opts.db.clone();
+    let Prepared {
+        spec,
+        plan,
+        mut store,
+        sweep,
+    } = prepare_sweep(&opts.spec, &opts.results, &db)?;
     let host = super::lease::this_host();
     let reclaimed = store.reclaim_stale(sweep, &host, super::lease::pid_alive)?;
     if !reclaimed.is_empty() {
@@ -214,14 +253,7 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
     }
     let mut jobs = Vec::new();
     for j in plan.jobs.iter().filter(|j| to_run.contains(j.key.as_str())) {
-        std::fs::create_dir_all(&j.config.output)
-            .with_context(|| format!("cannot create {}", j.config.output.display()))?;
-        let job_file = j.config.output.join("job.json");
-        crate::model::checkpoint::write_atomic(
-            &job_file,
-            serde_json::to_string_pretty(&j.config)?.as_bytes(),
-        )
-        .with_context(|| format!("cannot write {}", job_file.display()))?;
+        let job_file = write_job_file(j)?;
         jobs.push(ExecJob {
             id: j.key.clone(),
             // Dependencies already done are not part of this run.

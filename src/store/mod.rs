@@ -971,7 +971,8 @@ impl Store {
         let path = self.path.clone();
         self.conn
             .execute(
-                "UPDATE jobs SET status = 'done', updated_at = ?2 WHERE id = ?1",
+                // Already done: left as is, so that ingesting twice gives the same database.
+                "UPDATE jobs SET status = 'done', updated_at = ?2 WHERE id = ?1 AND status <> 'done'",
                 params![job, now()],
             )
             .map_err(|source| StoreError::Sql {

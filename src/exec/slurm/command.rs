@@ -6,8 +6,8 @@ use std::process::{Command, Output};
 
 use super::config::parse_max_array_size;
 use super::state::{
-    SQUEUE_FORMAT, Submitted, TaskStatus, parse_sbatch_parsable, parse_scontrol_show_job,
-    parse_squeue,
+    SACCT_FORMAT, SQUEUE_FORMAT, Submitted, TaskStatus, parse_sacct, parse_sbatch_parsable,
+    parse_scontrol_show_job, parse_squeue,
 };
 use super::{Result, SlurmError};
 
@@ -19,11 +19,42 @@ pub fn max_array_size() -> Result<u32> {
 
 /// `sbatch --parsable SCRIPT`, run in `cwd`; the id (and cluster) SLURM gave the job.
 pub fn sbatch_submit(script: &Path, cwd: &Path) -> Result<Submitted> {
-    let out = run(Command::new("sbatch")
-        .arg("--parsable")
-        .arg(script)
-        .current_dir(cwd))?;
+    sbatch_submit_after(script, cwd, &[])
+}
+
+/// Like [`sbatch_submit`], but the job starts only once every job of `after` ended with exit
+/// 0 (`--dependency=afterok:…`); if one of them fails, SLURM cancels this job
+/// (`--kill-on-invalid-dep=yes`) instead of leaving it pending forever. The ids are passed on
+/// the command line because they are only known once the earlier arrays are submitted.
+pub fn sbatch_submit_after(script: &Path, cwd: &Path, after: &[u64]) -> Result<Submitted> {
+    let mut cmd = Command::new("sbatch");
+    cmd.arg("--parsable");
+    if !after.is_empty() {
+        let ids: Vec<String> = after.iter().map(u64::to_string).collect();
+        cmd.arg(format!("--dependency=afterok:{}", ids.join(":")))
+            .arg("--kill-on-invalid-dep=yes");
+    }
+    let out = run(cmd.arg(script).current_dir(cwd))?;
     parse_sbatch_parsable(&out)
+}
+
+/// Every task of the given jobs from `sacct` (accounting keeps them after SLURM's memory
+/// forgets them); `None` when the cluster runs without accounting storage.
+pub fn sacct_tasks(job_ids: &[u64]) -> Result<Option<Vec<TaskStatus>>> {
+    let ids: Vec<String> = job_ids.iter().map(u64::to_string).collect();
+    match run(Command::new("sacct")
+        .args(["--noheader", "--parsable2", "--allocations"])
+        .arg(format!("--format={SACCT_FORMAT}"))
+        .arg(format!("--jobs={}", ids.join(","))))
+    {
+        Ok(out) => parse_sacct(&out).map(Some),
+        Err(SlurmError::Failed { stderr, .. })
+            if stderr.contains("accounting storage is disabled") =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Every task of the given jobs (array ids or plain ids), finished ones included while SLURM

@@ -1,5 +1,5 @@
-//! SLURM backend groundwork: everything about running a sweep's jobs as SLURM job arrays that
-//! does not depend on the planner or the store.
+//! The SLURM backend: a sweep's jobs as SLURM job arrays. Everything but [`submit`] is
+//! independent of the planner and the store.
 //!
 //! What it owns:
 //! - [`config`]: `MaxArraySize` from `scontrol show config` ([`parse_max_array_size`]);
@@ -12,7 +12,12 @@
 //!   with safe quoting;
 //! - [`state`]: parsers for `sbatch --parsable`, `squeue`, `sacct` and `scontrol show job`
 //!   output into [`TaskStatus`] rows with a [`TaskState`];
-//! - [`command`]: thin wrappers that run those programs and call the parsers.
+//! - [`command`]: thin wrappers that run those programs and call the parsers;
+//! - [`reconcile`]: manifests + SLURM's states + result files → a [`Verdict`] per job
+//!   ([`slurm_status`]), for `status` and for `submit`;
+//! - [`submit`]: `submit SPEC --backend slurm` end to end ([`submit_sweep`]): plan and record
+//!   as `run` does, write the pending jobs' files and a submission, `sbatch` the arrays
+//!   (fine-tuning after pre-training, `afterok`) and the `afterany` ingest job.
 //!
 //! Design: every function that decides something is pure and tested on text fixtures captured
 //! from a real SLURM 22.05 (`scripts/slurm-local.sh`, under `fixtures/`); [`command`] only runs
@@ -28,14 +33,21 @@ use std::path::PathBuf;
 pub mod command;
 pub mod config;
 pub mod quote;
+pub mod reconcile;
 pub mod script;
 pub mod state;
 pub mod submission;
+pub mod submit;
 
-pub use command::{max_array_size, sbatch_submit, scancel, scontrol_show_job, squeue_tasks};
+pub use command::{
+    max_array_size, sacct_tasks, sbatch_submit, sbatch_submit_after, scancel, scontrol_show_job,
+    squeue_tasks,
+};
 pub use config::{DEFAULT_MAX_ARRAY_SIZE, parse_max_array_size};
+pub use reconcile::{StateSource, TaskView, Verdict, reconcile, slurm_status};
 pub use script::{
-    IngestOptions, SbatchOptions, WorkerCommand, render_array_script, render_ingest_script,
+    IngestCommand, IngestOptions, SbatchOptions, WorkerCommand, render_array_script,
+    render_ingest_script,
 };
 pub use state::{
     SACCT_FORMAT, SQUEUE_FORMAT, SlurmExit, Submitted, TaskState, TaskStatus, parse_sacct,
@@ -43,8 +55,9 @@ pub use state::{
 };
 pub use submission::{
     ArrayChunk, Manifest, ManifestChunk, ManifestIngest, ManifestTask, Submission, SubmitJob,
-    SubmitRequest, chunk_jobs, write_ingest, write_submission,
+    SubmitRequest, chunk_jobs, chunk_phases, write_ingest, write_submission,
 };
+pub use submit::{SubmitOptions, SubmitOutcome, submit_sweep};
 
 /// Errors of the SLURM backend; each names the input (command, file, field) and what was expected.
 #[derive(Debug, thiserror::Error)]

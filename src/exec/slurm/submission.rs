@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use super::quote::invalid;
 use super::script::{
-    IngestOptions, SbatchOptions, WorkerCommand, render_array_script, render_ingest_script,
+    IngestCommand, IngestOptions, SbatchOptions, WorkerCommand, render_array_script,
+    render_ingest_script,
 };
 use super::{Result, SlurmError};
 
@@ -71,12 +72,53 @@ pub fn chunk_jobs(n_jobs: usize, max_array_size: u32, parallel: u32) -> Result<V
         .collect())
 }
 
-/// A job to submit: its id (the planner's hash) and its job file.
+/// A job to submit: its id (the planner's hash), its job file and its phase.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubmitJob {
     pub job_id: String,
     /// Absolute path, UTF-8, without a newline (it is one line of the job list).
     pub job_file: PathBuf,
+    /// Jobs of phase p may need jobs of earlier phases (0 = pre-training, 1 = fine-tuning):
+    /// each phase gets its own arrays, so that later phases can wait on earlier ones.
+    #[serde(default)]
+    pub phase: u32,
+}
+
+/// Chunks per phase: jobs must come sorted by phase; each phase's jobs are cut into arrays of
+/// their own ([`chunk_jobs`]), numbered on from the previous phase's. Returns (phase, chunk).
+pub fn chunk_phases(
+    jobs: &[SubmitJob],
+    max_array_size: u32,
+    parallel: u32,
+) -> Result<Vec<(u32, ArrayChunk)>> {
+    if let Some(w) = jobs.windows(2).find(|w| w[1].phase < w[0].phase) {
+        return Err(invalid(
+            "phase",
+            &format!("{} after {}", w[1].phase, w[0].phase),
+            "expected jobs sorted by phase",
+        ));
+    }
+    let mut out = Vec::new();
+    let mut first = 0;
+    while first < jobs.len() {
+        let phase = jobs[first].phase;
+        let len = jobs[first..]
+            .iter()
+            .take_while(|j| j.phase == phase)
+            .count();
+        for c in chunk_jobs(len, max_array_size, parallel)? {
+            out.push((
+                phase,
+                ArrayChunk {
+                    chunk: out.len(),
+                    first: first + c.first,
+                    ..c
+                },
+            ));
+        }
+        first += len;
+    }
+    Ok(out)
 }
 
 /// `manifest.json`.
@@ -93,6 +135,12 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestChunk {
     pub chunk: usize,
+    /// The phase of its jobs ([`SubmitJob::phase`]).
+    #[serde(default)]
+    pub phase: u32,
+    /// SLURM ids this array waited on (`--dependency=afterok:…`), once submitted.
+    #[serde(default)]
+    pub after: Vec<u64>,
     /// `--array` value.
     pub array: String,
     /// File names inside the submission folder.
@@ -201,7 +249,7 @@ pub fn write_submission(req: &SubmitRequest<'_>) -> Result<Submission> {
     for job in req.jobs {
         check_job_file(&job.job_file)?;
     }
-    let chunks = chunk_jobs(req.jobs.len(), req.max_array_size, req.sbatch.parallel)?;
+    let chunks = chunk_phases(req.jobs, req.max_array_size, req.sbatch.parallel)?;
     let root = absolute_dir(req.results_root)?;
     let dir = root
         .join(req.sweep)
@@ -228,7 +276,7 @@ pub fn write_submission(req: &SubmitRequest<'_>) -> Result<Submission> {
         ingest: None,
     };
     let mut scripts = Vec::with_capacity(chunks.len());
-    for c in &chunks {
+    for (phase, c) in &chunks {
         let jobs = &req.jobs[c.first..c.first + c.len];
         let list_name = format!("chunk-{:03}.jobs", c.chunk);
         let script_name = format!("chunk-{:03}.sbatch", c.chunk);
@@ -247,6 +295,8 @@ pub fn write_submission(req: &SubmitRequest<'_>) -> Result<Submission> {
         scripts.push(script_path);
         manifest.chunks.push(ManifestChunk {
             chunk: c.chunk,
+            phase: *phase,
+            after: Vec::new(),
             array: c.array_spec(),
             script: script_name,
             job_list: list_name,
@@ -272,8 +322,14 @@ pub fn write_submission(req: &SubmitRequest<'_>) -> Result<Submission> {
 
 /// Writes `ingest.sbatch` for a submission whose chunks all have SLURM ids, records it in the
 /// manifest and returns the script's path. The ingest job reads `<submission>/../..`, the
-/// sweep's folder.
-pub fn write_ingest(sub: &mut Submission, opts: &IngestOptions, program: &Path) -> Result<PathBuf> {
+/// sweep's folder, into the database `db` and writes the report under the results root
+/// `<submission>/../../..`.
+pub fn write_ingest(
+    sub: &mut Submission,
+    opts: &IngestOptions,
+    program: &Path,
+    db: &Path,
+) -> Result<PathBuf> {
     let after = sub.manifest.submitted_ids();
     if after.len() != sub.manifest.chunks.len() {
         return Err(invalid(
@@ -287,11 +343,17 @@ pub fn write_ingest(sub: &mut Submission, opts: &IngestOptions, program: &Path) 
         .parent()
         .and_then(Path::parent)
         .expect("a submission folder is <sweep>/submissions/<id>");
+    let results = sweep_dir
+        .parent()
+        .expect("a sweep folder is <results>/<sweep>");
     let script = render_ingest_script(
         opts,
-        program,
-        sweep_dir,
-        &sub.manifest.sweep,
+        &IngestCommand {
+            program,
+            results,
+            db,
+            sweep: &sub.manifest.sweep,
+        },
         &after,
         &sub.dir.join("logs"),
     )?;
@@ -376,6 +438,7 @@ mod tests {
             .map(|i| SubmitJob {
                 job_id: format!("j{i:04}"),
                 job_file: dir.join(format!("jobs/j{i:04}/job.json")),
+                phase: 0,
             })
             .collect()
     }
@@ -410,6 +473,39 @@ mod tests {
             Err(SlurmError::ArraysDisabled)
         ));
         assert!(chunk_jobs(3, 5, 0).is_err());
+    }
+
+    #[test]
+    fn phases_are_chunked_apart_below_a_small_max_array_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut js = jobs(tmp.path(), 8);
+        // 3 pre-training jobs, then 5 fine-tuning jobs; MaxArraySize 2 (indices 0 and 1).
+        for j in &mut js[3..] {
+            j.phase = 1;
+        }
+        let chunks = chunk_phases(&js, 2, 4).unwrap();
+        let got: Vec<(u32, usize, usize, usize, String)> = chunks
+            .iter()
+            .map(|(p, c)| (*p, c.chunk, c.first, c.len, c.array_spec()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, 0, 0, 2, "0-1%2".into()),
+                (0, 1, 2, 1, "0-0%1".into()),
+                (1, 2, 3, 2, "0-1%2".into()),
+                (1, 3, 5, 2, "0-1%2".into()),
+                (1, 4, 7, 1, "0-0%1".into()),
+            ]
+        );
+        // A chunk never mixes phases, so a later phase can wait on whole earlier arrays.
+        for (p, c) in &chunks {
+            assert!(js[c.first..c.first + c.len].iter().all(|j| j.phase == *p));
+        }
+        js.swap(0, 7);
+        let err = chunk_phases(&js, 2, 4).unwrap_err().to_string();
+        assert!(err.contains("`phase`") && err.contains("sorted"), "{err}");
+        assert!(chunk_phases(&[], 2, 4).unwrap().is_empty());
     }
 
     #[test]
@@ -452,7 +548,8 @@ mod tests {
             write_ingest(
                 &mut sub,
                 &IngestOptions::default(),
-                Path::new("/usr/bin/ranksweep")
+                Path::new("/usr/bin/ranksweep"),
+                Path::new("/db/r.db"),
             )
             .is_err()
         );
@@ -462,13 +559,15 @@ mod tests {
             &mut sub,
             &IngestOptions::default(),
             Path::new("/usr/bin/ranksweep"),
+            Path::new("/db/r.db"),
         )
         .unwrap();
         let text = fs::read_to_string(ingest).unwrap();
         assert!(text.contains("--dependency=afterany:40:41:45"));
         assert!(text.contains(&format!(
-            "ingest '{}'",
-            tmp.path().join("my sweep").display()
+            "ingest '{}' --sweep 'my sweep' --results '{}' --db '/db/r.db'",
+            tmp.path().join("my sweep").display(),
+            tmp.path().display()
         )));
         let m = Manifest::read(&sub.dir).unwrap();
         assert_eq!(m.task(41, 1).unwrap().job_id, "j0004");
@@ -494,10 +593,12 @@ mod tests {
         let newline = [SubmitJob {
             job_id: "a".into(),
             job_file: tmp.path().join("a\nb"),
+            phase: 0,
         }];
         let relative = [SubmitJob {
             job_id: "a".into(),
             job_file: "jobs/a.json".into(),
+            phase: 0,
         }];
         for (sweep, submission, jobs, field) in [
             ("s", "x", &newline[..], "job_file"),

@@ -194,21 +194,34 @@ exec {cmd} "$job_file"
     Ok(s)
 }
 
-/// Renders the job that runs after every array job ends (`--dependency=afterany:<ids>`):
-/// `ranksweep ingest <sweep_dir>` then `ranksweep report <sweep>`.
+/// What the ingest job runs: `program ingest <results>/<sweep> --sweep <sweep> --results
+/// <results> --db <db>`, then `program report <sweep> --results <results> --db <db>`.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestCommand<'a> {
+    /// Absolute path of `ranksweep`.
+    pub program: &'a Path,
+    /// The results root (absolute): the sweep's folder is `<results>/<sweep>`.
+    pub results: &'a Path,
+    /// The database (absolute); the ingest job is its only writer while the arrays run.
+    pub db: &'a Path,
+    pub sweep: &'a str,
+}
+
+/// Renders the job that runs after every array job ends (`--dependency=afterany:<ids>`): it
+/// ingests the sweep's result files, then writes the report even when ingest found unreadable
+/// files, and exits with ingest's status.
 pub fn render_ingest_script(
     opts: &IngestOptions,
-    program: &Path,
-    sweep_dir: &Path,
-    sweep: &str,
+    cmd: &IngestCommand<'_>,
     after: &[u64],
     log_dir: &Path,
 ) -> Result<String> {
     if after.is_empty() {
         return Err(SlurmError::NoJobs);
     }
-    absolute("program", program)?;
-    absolute("sweep_dir", sweep_dir)?;
+    absolute("program", cmd.program)?;
+    absolute("results", cmd.results)?;
+    absolute("db", cmd.db)?;
     absolute("log_dir", log_dir)?;
     let mut s = String::from("#!/bin/bash\n");
     header(
@@ -235,15 +248,22 @@ pub fn render_ingest_script(
         "error",
         &sbatch_path_pattern("log_dir", log_dir, "ingest_%j.err")?,
     );
-    let program = sh_quote_path("program", program)?;
+    let program = sh_quote_path("program", cmd.program)?;
+    let store = format!(
+        "--results {} --db {}",
+        sh_quote_path("results", cmd.results)?,
+        sh_quote_path("db", cmd.db)?
+    );
     let _ = write!(
         s,
         "\n# Rendered by ranksweep: store the sweep's result files, then report.\n\
-         set -euo pipefail\n\
-         {program} ingest {dir}\n\
-         {program} report {sweep}\n",
-        dir = sh_quote_path("sweep_dir", sweep_dir)?,
-        sweep = sh_quote(sweep),
+         set -uo pipefail\n\
+         status=0\n\
+         {program} ingest {dir} --sweep {sweep} {store} || status=$?\n\
+         {program} report {sweep} {store} --quiet || status=$((status ? status : $?))\n\
+         exit \"$status\"\n",
+        dir = sh_quote_path("results", &cmd.results.join(cmd.sweep))?,
+        sweep = sh_quote(cmd.sweep),
     );
     Ok(s)
 }
@@ -527,37 +547,84 @@ mod tests {
     #[test]
     fn ingest_script_depends_on_all_arrays_and_runs_ingest_then_report() {
         let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(HOSTILE);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A stand-in program that appends its arguments (NUL-separated, one call per line).
+        let program = dir.join("fake-ranksweep");
+        std::fs::write(
+            &program,
+            "#!/bin/bash\nprintf '%s\\0' \"$@\" >> \"$(dirname \"$0\")/calls\"\necho >> \"$(dirname \"$0\")/calls\"\n[[ $1 == ingest ]] && exit 1\nexit 0\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let results = dir.join("res ults");
+        let db = dir.join("it's.db");
+        let sweep = "it's $x";
         let s = render_ingest_script(
             &IngestOptions::default(),
-            Path::new("/opt/my tools/ranksweep"),
-            Path::new("/r/it's $x"),
-            "it's $x",
+            &IngestCommand {
+                program: &program,
+                results: &results,
+                db: &db,
+                sweep,
+            },
             &[101, 205],
-            Path::new("/r/it's $x/submissions/a/logs"),
+            &dir.join("logs"),
         )
         .unwrap();
         bash_n(&s, tmp.path());
         assert!(s.contains("#SBATCH --dependency=afterany:101:205\n"), "{s}");
         assert!(s.contains("#SBATCH --job-name=\"ranksweep-ingest\"\n"));
-        let body: Vec<&str> = s.lines().rev().take(2).collect();
+        let path = tmp.path().join("ingest.sbatch");
+        std::fs::write(&path, &s).unwrap();
+        let out = Command::new("bash").arg(&path).output().unwrap();
+        // ingest failed (1): report still ran, and the job exits with ingest's status.
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let calls = std::fs::read_to_string(dir.join("calls")).unwrap();
+        let calls: Vec<Vec<&str>> = calls
+            .lines()
+            .map(|l| l.trim_end_matches('\0').split('\0').collect())
+            .collect();
+        let (r, d) = (results.to_str().unwrap(), db.to_str().unwrap());
+        let sweep_dir = results.join(sweep);
         assert_eq!(
-            body,
+            calls,
             [
-                r"'/opt/my tools/ranksweep' report 'it'\''s $x'",
-                r"'/opt/my tools/ranksweep' ingest '/r/it'\''s $x'",
+                vec![
+                    "ingest",
+                    sweep_dir.to_str().unwrap(),
+                    "--sweep",
+                    sweep,
+                    "--results",
+                    r,
+                    "--db",
+                    d
+                ],
+                vec!["report", sweep, "--results", r, "--db", d, "--quiet"],
             ]
         );
+        let cmd = IngestCommand {
+            program: Path::new("/p"),
+            results: Path::new("/d"),
+            db: Path::new("/d/x.db"),
+            sweep: "s",
+        };
         assert!(
-            render_ingest_script(
-                &IngestOptions::default(),
-                Path::new("/p"),
-                Path::new("/d"),
-                "s",
-                &[],
-                Path::new("/l")
-            )
-            .is_err()
+            render_ingest_script(&IngestOptions::default(), &cmd, &[], Path::new("/l")).is_err()
         );
+        let relative_db = IngestCommand {
+            db: Path::new("x.db"),
+            ..cmd
+        };
+        let err = render_ingest_script(
+            &IngestOptions::default(),
+            &relative_db,
+            &[1],
+            Path::new("/l"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`db`"), "{err}");
     }
 
     #[test]
