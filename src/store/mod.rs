@@ -1282,8 +1282,8 @@ impl Store {
         .map_err(&err)
     }
 
-    /// Per active cell, in plan order: how many of its active fine-tuning jobs are in each
-    /// status.
+    /// Per active cell, in plan order: how many of its active jobs (fine-tuning, or evaluation for
+    /// `none`) are in each status.
     pub fn cell_status(&self, sweep: SweepId) -> Result<Vec<CellStatus>, StoreError> {
         let err = self.sql("reading cell status");
         let mut st = self
@@ -1296,7 +1296,7 @@ impl Store {
                         COALESCE(SUM(j.status = 'pending'), 0)
                  FROM cells c
                  LEFT JOIN jobs j ON j.sweep_id = c.sweep_id AND j.cell_id = c.cell_id
-                                  AND j.active = 1 AND j.stage = 'finetune'
+                                  AND j.active = 1 AND j.stage != 'pretrain'
                  WHERE c.sweep_id = ?1 AND c.active = 1
                  GROUP BY c.cell_id
                  ORDER BY c.ordinal",
@@ -1406,7 +1406,12 @@ grid:
                 jobs.push(NewJob {
                     key: format!("{}-f{fold}", c.id),
                     cell: Some(c.id.clone()),
-                    stage: Stage::Finetune,
+                    // As the planner does: `none` is evaluated, not trained.
+                    stage: if a.kind == AdaptationKind::None {
+                        Stage::Evaluate
+                    } else {
+                        Stage::Finetune
+                    },
                     kind: Some(a.kind),
                     selector: a.module.as_ref().map(|m| m.to_string()),
                     rank: a.rank,
