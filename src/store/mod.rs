@@ -12,6 +12,7 @@
 //! at most once at a time. Re-planning marks jobs and cells no longer in the spec inactive and
 //! keeps everything already recorded, so a rerun resumes.
 
+pub mod history;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
