@@ -13,6 +13,7 @@
 //! keeps everything already recorded, so a rerun resumes.
 
 pub mod history;
+pub mod results;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
