@@ -282,6 +282,54 @@ fn a_killed_run_resumes_without_redoing_or_duplicating_work() {
     assert_eq!(mtime(&result), t, "the adopted job ran again");
     drop(st);
     assert_complete_without_duplicates(dir, "crash", 7);
+
+    // `ingest` of the same folders (as for a cluster's results) changes nothing; a folder of
+    // another sweep is unknown and a broken result file is reported, not ingested.
+    let jobs = dir.join("results/crash/jobs");
+    let other = dir.join("elsewhere/0123456789abcdef");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::copy(&result, other.join(RESULT_FILE)).unwrap();
+    let o = bin(
+        dir,
+        &["ingest", jobs.to_str().unwrap(), "--sweep", "crash"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(
+        util::stdout(&o).contains("ingested 7 result(s); 0 unknown job(s); 0 unreadable"),
+        "{}",
+        show(&o)
+    );
+    assert_complete_without_duplicates(dir, "crash", 7);
+    let broken = jobs.join(&victim.key).join(RESULT_FILE);
+    std::fs::write(&broken, "{\"protocol\": 1").unwrap();
+    let o = bin(
+        dir,
+        &[
+            "ingest",
+            dir.join("elsewhere").to_str().unwrap(),
+            "--sweep",
+            "crash",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(
+        util::stdout(&o).contains("ingested 0 result(s); 1 unknown job(s)"),
+        "{}",
+        show(&o)
+    );
+    let o = bin(
+        dir,
+        &["ingest", jobs.to_str().unwrap(), "--sweep", "crash"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        util::stdout(&o).contains("ingested 6 result(s); 0 unknown job(s); 1 unreadable"),
+        "{}",
+        show(&o)
+    );
 }
 
 #[test]
