@@ -366,6 +366,18 @@ grid:
             &fp(),
         );
         assert_eq!(keys(&a), keys(&c));
+        // Blocks in another order: the same jobs (ids are content hashes), in the new order.
+        let d = plan_of(
+            &text(PRE, FT, "").replace(
+                "  - kind: full\n    module: decoder\n  - kind: lora-c\n    module: decoder\n    rank: [2]\n",
+                "  - kind: lora-c\n    module: decoder\n    rank: [2]\n  - kind: full\n    module: decoder\n",
+            ),
+            &fp(),
+        );
+        assert_ne!(keys(&a), keys(&d), "the blocks were not swapped");
+        let set = |p: &Plan| keys(p).into_iter().collect::<BTreeSet<String>>();
+        assert_eq!(set(&a), set(&d));
+        assert_eq!(keys_of(&a, "full"), keys_of(&d, "full"));
     }
 
     #[test]
