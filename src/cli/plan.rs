@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
+use crate::exec::estimate::{Estimate, estimate, format_seconds};
 use crate::exec::sweep_run::{fingerprints, reasons};
 use crate::sweep::plan::{Fingerprints, plan, totals};
 
@@ -17,7 +18,8 @@ pub struct PlanArgs {
     /// Print one JSON object (totals and every job).
     #[arg(long)]
     pub json: bool,
-    /// List every job with the reason it would run (new, pending, failed before) or not (done).
+    /// List every job with the reason it would run (new, config-changed, code-changed,
+    /// data-changed, needs-changed, pending, failed-before) or not (done).
     #[arg(long)]
     pub explain: bool,
     #[command(flatten)]
@@ -55,6 +57,12 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
             .collect(),
     };
     let totals = totals(&plan);
+    let runs: Vec<bool> = why.iter().map(|(_, _, r)| *r).collect();
+    let history = match &store {
+        Some(s) => s.finished_attempts()?,
+        None => Vec::new(),
+    };
+    let estimate = estimate(&history, &plan, &runs);
     if args.json {
         let jobs: Vec<serde_json::Value> = plan
             .jobs
@@ -66,7 +74,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
             })
             .collect();
         let out = serde_json::json!({"sweep": plan.sweep, "fingerprints": plan.fingerprints,
-                                     "totals": totals, "jobs": jobs});
+                                     "totals": totals, "estimate": estimate, "jobs": jobs});
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -89,18 +97,53 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     println!("{t}");
     let runs = why.iter().filter(|(_, _, r)| *r).count();
     println!("{runs} would run, {} already done", why.len() - runs);
+    print_estimate(&estimate);
     if args.explain {
         let mut t = Table::new();
         t.load_preset(UTF8_FULL_CONDENSED);
         t.set_header(["job", "label", "needs", "reason"]);
         for (j, (_, reason, _)) in plan.jobs.iter().zip(&why) {
-            let r = serde_json::to_value(reason)?
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            t.add_row(vec![j.key.clone(), j.label.clone(), j.needs.join(","), r]);
+            t.add_row(vec![
+                j.key.clone(),
+                j.label.clone(),
+                j.needs.join(","),
+                reason.name().to_string(),
+            ]);
         }
         println!("{t}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `estimated job time: …` with one line per kind, or "no history".
+fn print_estimate(e: &Estimate) {
+    if e.total.jobs == 0 {
+        println!("estimated job time: nothing to run");
+        return;
+    }
+    let Some(total) = e.total.seconds else {
+        println!("estimated job time: no history");
+        return;
+    };
+    let left_out = e.total.jobs - e.total.estimated;
+    let note = if left_out > 0 {
+        format!(" ({left_out} job(s) without history left out)")
+    } else {
+        String::new()
+    };
+    println!(
+        "estimated job time: {} for {} job(s){note}",
+        format_seconds(total),
+        e.total.estimated
+    );
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(["kind", "jobs to run", "estimated"]);
+    for (k, ke) in &e.by_kind {
+        let est = ke
+            .seconds
+            .map_or_else(|| "no history".to_string(), format_seconds);
+        t.add_row(vec![k.clone(), ke.jobs.to_string(), est]);
+    }
+    println!("{t}");
 }

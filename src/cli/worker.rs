@@ -31,14 +31,39 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         let _ = stdout.flush();
     };
     let device = args.device;
-    let outcome = JobConfig::from_file(&args.job_file)
-        .map(|mut job| {
-            if let Some(d) = device {
-                job.device = d;
-            }
-            job
-        })
-        .and_then(|job| run_job(&job, stop, &mut emit).map(|_| job.output.join(RESULT_FILE)));
+    // A panic is a bug, not a class of its own: it ends as `failed` with the panic message as
+    // the error, like any other failure (the hook has already printed it with its location).
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        JobConfig::from_file(&args.job_file)
+            .map(|mut job| {
+                if let Some(d) = device {
+                    job.device = d;
+                }
+                job
+            })
+            .and_then(|job| {
+                let key = job.output.file_name().unwrap_or_default().to_string_lossy();
+                crate::train::fault::inject(&key);
+                run_job(&job, stop, &mut emit).map(|_| job.output.join(RESULT_FILE))
+            })
+    }));
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            let error = format!("panic: {msg}");
+            emit(&Event::End {
+                class: ExitClass::Failed,
+                error: Some(error),
+                result: None,
+            });
+            return Ok(ExitCode::from(ExitClass::Failed.code()));
+        }
+    };
     match outcome {
         Ok(result) => {
             emit(&Event::End {

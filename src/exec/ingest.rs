@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::store::results::JobRows;
 use crate::store::{CaseMetric, EpochPoint, ParamCount, Store, StoreError, SweepId};
 use crate::train::job_run::{JobResult, RESULT_FILE};
 
@@ -21,13 +22,8 @@ pub enum IngestError {
     },
 }
 
-/// Records one job's metrics, curve and parameter counts.
-pub fn ingest_result(
-    store: &mut Store,
-    sweep: SweepId,
-    key: &str,
-    r: &JobResult,
-) -> Result<(), IngestError> {
+/// A result's rows: per-case metrics, the curve and the parameter counts.
+pub fn result_rows(key: &str, r: &JobResult) -> JobRows {
     let cases: Vec<CaseMetric> = r
         .evaluation
         .iter()
@@ -44,9 +40,8 @@ pub fn ingest_result(
             stratum: Some(c.metrics.stratum.clone()),
         })
         .collect();
-    store.record_case_metrics(sweep, key, &cases)?;
     // One curve per job: the first view's (every view trains the same number of steps).
-    let points: Vec<EpochPoint> = r
+    let epochs: Vec<EpochPoint> = r
         .views
         .first()
         .map(|v| {
@@ -61,13 +56,27 @@ pub fn ingest_result(
                 .collect()
         })
         .unwrap_or_default();
-    store.record_epochs(sweep, key, &points)?;
-    let counts = [ParamCount {
+    let params = vec![ParamCount {
         scope: "job".into(),
         total: r.total_params as u64,
         trainable: r.trainable_params as u64,
     }];
-    store.record_param_counts(sweep, key, &counts)?;
+    JobRows {
+        key: key.to_string(),
+        cases,
+        epochs,
+        params,
+    }
+}
+
+/// Records one job's metrics, curve and parameter counts (one transaction).
+pub fn ingest_result(
+    store: &mut Store,
+    sweep: SweepId,
+    key: &str,
+    r: &JobResult,
+) -> Result<(), IngestError> {
+    store.record_results(sweep, &[result_rows(key, r)], false)?;
     Ok(())
 }
 
@@ -92,14 +101,22 @@ pub struct IngestSummary {
     pub errors: Vec<String>,
 }
 
+/// Result files parsed and written per transaction: bounds memory, and a crash loses at most
+/// one batch of bookkeeping (the files stay; ingesting again is idempotent).
+const BATCH: usize = 512;
+
 /// Ingests every `<dir>/**/<key>/result.json` of sweep `sweep` whose key the store knows, and
-/// marks those jobs done.
+/// marks those jobs done. Files are parsed in parallel and written in batches of [`BATCH`] jobs,
+/// one transaction each.
 pub fn ingest_tree(
     store: &mut Store,
     sweep: SweepId,
     dir: &Path,
 ) -> Result<IngestSummary, IngestError> {
+    use rayon::prelude::*;
     let mut summary = IngestSummary::default();
+    let known = store.job_keys(sweep)?;
+    let mut found: Vec<(String, PathBuf)> = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let entries = std::fs::read_dir(&d).map_err(|source| IngestError::Io {
@@ -118,20 +135,33 @@ pub fn ingest_tree(
                 else {
                     continue;
                 };
-                if store.job(sweep, &key)?.is_none() {
+                if known.contains(&key) {
+                    found.push((key, p));
+                } else {
                     summary.unknown.push(key);
-                    continue;
-                }
-                match JobResult::read(&p) {
-                    Ok(r) => {
-                        ingest_result(store, sweep, &key, &r)?;
-                        store.mark_done(sweep, &key)?;
-                        summary.ingested += 1;
-                    }
-                    Err(e) => summary.errors.push(format!("{}: {e}", p.display())),
                 }
             }
         }
+    }
+    found.sort();
+    for chunk in found.chunks(BATCH) {
+        let parsed: Vec<Result<JobRows, String>> = chunk
+            .par_iter()
+            .map(|(key, p)| {
+                JobResult::read(p)
+                    .map(|r| result_rows(key, &r))
+                    .map_err(|e| format!("{}: {e}", p.display()))
+            })
+            .collect();
+        let mut rows = Vec::with_capacity(parsed.len());
+        for r in parsed {
+            match r {
+                Ok(r) => rows.push(r),
+                Err(e) => summary.errors.push(e),
+            }
+        }
+        store.record_results(sweep, &rows, true)?;
+        summary.ingested += rows.len();
     }
     summary.unknown.sort();
     Ok(summary)

@@ -64,7 +64,8 @@ pub fn this_host() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// Whether a process with this pid exists (EPERM means it exists but is someone else's).
+/// Whether a process with this pid runs (EPERM means it exists but is someone else's; a
+/// zombie does not run).
 pub fn pid_alive(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
@@ -74,7 +75,20 @@ pub fn pid_alive(pid: u32) -> bool {
     }
     // SAFETY: signal 0 only checks that the process exists and may be signalled.
     let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let exists = rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    // A zombie has exited; it lingers until its parent (for an orphaned worker, whatever
+    // adopted it) reaps it, which a container's init may never do.
+    exists && !is_zombie(pid as u32)
+}
+
+/// Whether `/proc/<pid>/stat` says the process has exited but is not reaped (Linux only).
+fn is_zombie(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .is_some_and(|state| state == "Z")
 }
 
 /// A process's start time in clock ticks after boot, from `/proc/<pid>/stat` (Linux only).
@@ -237,6 +251,21 @@ mod tests {
         assert!(!pid_alive(dead_pid()));
         assert!(!pid_alive(0));
         assert!(process_start(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn an_unreaped_child_is_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Exited but not waited for: a zombie until `wait`.
+        let t0 = std::time::Instant::now();
+        while !is_zombie(pid) && t0.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(is_zombie(pid));
+        assert!(!pid_alive(pid));
+        child.wait().unwrap();
+        assert!(!is_zombie(std::process::id()));
     }
 
     #[test]

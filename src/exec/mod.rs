@@ -29,6 +29,7 @@
 pub mod class;
 pub mod device;
 pub mod error;
+pub mod estimate;
 pub mod event;
 pub mod ingest;
 pub mod lease;

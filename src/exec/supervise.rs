@@ -173,9 +173,19 @@ async fn supervise(
     });
 
     // Every stdout line goes to the log; the protocol's JSON lines also become progress.
+    // The error of the worker's `end` event, to say why an attempt failed beyond its code.
+    let mut worker_error: Option<String> = None;
     let mut on_line = |bytes: &[u8]| {
         let _ = log.write_all(bytes).and_then(|()| log.write_all(b"\n"));
-        if let Some(progress) = Progress::parse(&String::from_utf8_lossy(bytes)) {
+        let line = String::from_utf8_lossy(bytes);
+        if line.contains("\"end\"")
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v["event"] == "end"
+            && let Some(e) = v["error"].as_str()
+        {
+            worker_error = Some(e.to_string());
+        }
+        if let Some(progress) = Progress::parse(&line) {
             let _ = events.send(SweepEvent::Progress {
                 job: job.id.clone(),
                 slot: slot.index,
@@ -266,6 +276,15 @@ async fn supervise(
         result_present: job.dir.join(RESULT_FILE).is_file(),
     };
     let (class, mut detail) = classify(&end);
+    // Our own kill already says why; otherwise the worker's words follow the exit code.
+    if end.killed.is_none()
+        && let Some(e) = worker_error
+    {
+        detail = Some(match detail {
+            Some(d) => format!("{d}: {e}"),
+            None => e,
+        });
+    }
     if let Err(e) = status {
         detail = Some(format!("cannot wait for the worker: {e}"));
     }

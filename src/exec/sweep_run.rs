@@ -3,6 +3,7 @@
 //! device slots, ingest each result as it lands, and record every attempt. The orchestrator is
 //! the only process that writes the database; workers write files.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,9 +15,17 @@ use super::{
 };
 use crate::data::layout::index_dataset;
 use crate::data::phantom::{Cohort, PhantomConfig, write_cohort};
-use crate::store::{AttemptEnd, AttemptId, AttemptStart, JobStatus, NewJob, Store, SweepId};
-use crate::sweep::plan::{Fingerprints, Plan, PlannedJob, plan};
+use crate::store::history::{ENV_CODE, ENV_SOURCE, ENV_TARGET};
+use crate::store::{
+    AttemptEnd, AttemptId, AttemptStart, ExitClass, JobRecord, JobStatus, NewJob, Store, SweepId,
+};
+use crate::sweep::plan::{Fingerprints, Plan, PlannedJob, canonical_config, plan};
 use crate::sweep::{Spec, load};
+use crate::train::job::Stage;
+
+/// How long a rerun waits for the workers of a killed run to stop (they were sent SIGTERM and
+/// stop at their next step) before it kills them.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(30);
 
 /// What `run` was asked to do.
 #[derive(Debug, Clone)]
@@ -39,14 +48,39 @@ pub struct RunOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reason {
-    /// Not in the database yet: new, or its config, code or data changed (a new key).
+    /// Not in the database, and no earlier version of it either (a new cell, fold or seed).
     New,
-    /// Recorded but never finished (interrupted, lost, or never started).
+    /// An earlier version of the job (same stage, kind, module, rank, fold, seed and view) had
+    /// other settings.
+    ConfigChanged,
+    /// Same settings as before, but the code fingerprint changed.
+    CodeChanged,
+    /// Same settings and code as before, but the data it reads changed.
+    DataChanged,
+    /// Same settings, code and data, but a job it needs changed (e.g. pre-training steps).
+    NeedsChanged,
+    /// Recorded but never finished (interrupted, lost to a killed run, or never started).
     Pending,
     /// Failed before; runs only with `--rerun-failed`.
     FailedBefore,
     /// Done: its result is in the database.
     Done,
+}
+
+impl Reason {
+    /// The kebab-case name `plan --explain` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::New => "new",
+            Reason::ConfigChanged => "config-changed",
+            Reason::CodeChanged => "code-changed",
+            Reason::DataChanged => "data-changed",
+            Reason::NeedsChanged => "needs-changed",
+            Reason::Pending => "pending",
+            Reason::FailedBefore => "failed-before",
+            Reason::Done => "done",
+        }
+    }
 }
 
 /// Writes the phantom cohorts the spec asks for, where missing.
@@ -140,17 +174,28 @@ pub fn reasons(
     plan: &Plan,
     rerun_failed: bool,
 ) -> anyhow::Result<Vec<(String, Reason, bool)>> {
+    let history = match sweep {
+        Some(s) => store.all_jobs(s)?,
+        None => Vec::new(),
+    };
+    let by_key: HashMap<&str, &JobRecord> = history.iter().map(|r| (r.key.as_str(), r)).collect();
+    let planned: HashSet<&str> = plan.jobs.iter().map(|j| j.key.as_str()).collect();
     let mut out = Vec::new();
     for j in &plan.jobs {
-        let rec = match sweep {
-            Some(s) => store.job(s, &j.key)?,
-            None => None,
-        };
-        let reason = match rec.map(|r| r.status) {
-            None => Reason::New,
-            Some(JobStatus::Done) => Reason::Done,
-            Some(JobStatus::Failed) => Reason::FailedBefore,
-            Some(_) => Reason::Pending,
+        let reason = match (sweep, by_key.get(j.key.as_str())) {
+            (Some(s), Some(rec)) => match rec.status {
+                JobStatus::Done => Reason::Done,
+                // A kill or an interruption is not the job's failure: it stays to do.
+                JobStatus::Failed => {
+                    match store.attempts(s, &j.key)?.last().and_then(|a| a.class) {
+                        Some(ExitClass::Lost | ExitClass::Interrupted) => Reason::Pending,
+                        _ => Reason::FailedBefore,
+                    }
+                }
+                JobStatus::Pending | JobStatus::Running => Reason::Pending,
+            },
+            (Some(s), None) => why_new(store, s, j, &history, &planned, &plan.fingerprints)?,
+            (None, _) => Reason::New,
         };
         let runs = match reason {
             Reason::Done => false,
@@ -160,6 +205,152 @@ pub fn reasons(
         out.push((j.key.clone(), reason, runs));
     }
     Ok(out)
+}
+
+/// Why a key the database does not know is new: finds the job's earlier version (same stage,
+/// kind, module, rank, fold, seed and view, not in this plan) and compares settings, then the
+/// fingerprints its run recorded, then dependencies.
+fn why_new(
+    store: &Store,
+    sweep: SweepId,
+    j: &PlannedJob,
+    history: &[JobRecord],
+    planned: &HashSet<&str>,
+    fp: &Fingerprints,
+) -> anyhow::Result<Reason> {
+    let a = &j.config.adaptation;
+    let module = a.module.as_ref().map(|m| m.to_string());
+    let view = j.view.unwrap_or(j.config.views[0]);
+    let candidates: Vec<&JobRecord> = history
+        .iter()
+        .filter(|r| {
+            !planned.contains(r.key.as_str())
+                && r.stage == j.stage
+                && r.kind == Some(a.kind)
+                && r.selector == module
+                && r.rank == a.rank
+                && r.fold == j.fold
+                && r.seed == j.seed
+                && r.view == view
+        })
+        .collect();
+    let canonical = canonical_config(&j.config);
+    let same_config = |r: &JobRecord| {
+        serde_json::from_str::<crate::train::JobConfig>(&r.config_json)
+            .map(|c| canonical_config(&c) == canonical)
+            .unwrap_or(false)
+    };
+    // The latest earlier version with the same settings, else the latest one.
+    let Some(prev) = candidates
+        .iter()
+        .rev()
+        .find(|r| same_config(r))
+        .or(candidates.last())
+    else {
+        return Ok(Reason::New);
+    };
+    if !same_config(prev) {
+        return Ok(Reason::ConfigChanged);
+    }
+    if let Some(was) = store.run_fingerprints(sweep, &prev.key)? {
+        if was.code != fp.code {
+            return Ok(Reason::CodeChanged);
+        }
+        let data = match j.stage {
+            Stage::Pretrain => (&was.source, &fp.source),
+            _ => (&was.target, &fp.target),
+        };
+        if data.0.as_ref().is_some_and(|d| d != data.1) {
+            return Ok(Reason::DataChanged);
+        }
+    }
+    let mut old = prev.needs.clone();
+    let mut new = j.needs.clone();
+    old.sort();
+    new.sort();
+    Ok(if old != new {
+        Reason::NeedsChanged
+    } else {
+        Reason::New
+    })
+}
+
+/// Waits for the workers a killed orchestrator left behind: a lease whose owner is dead on
+/// this host but whose worker still runs. Workers get SIGTERM when their orchestrator dies
+/// (`PR_SET_PDEATHSIG`) and stop at their next step, or finish and write `result.json`; after
+/// `grace` the rest of the group is killed. Returns how many were waited for.
+pub fn settle_orphans(plan: &Plan, grace: Duration) -> anyhow::Result<usize> {
+    let host = super::lease::this_host();
+    let mut orphans = Vec::new();
+    for j in &plan.jobs {
+        let Some(lease) = super::lease::read_lease(&j.config.output)? else {
+            continue;
+        };
+        if lease.host != host || lease.owner_alive() {
+            continue;
+        }
+        if let Some(pid) = lease.worker_pid.filter(|&p| super::lease::pid_alive(p)) {
+            orphans.push(pid);
+        }
+    }
+    if orphans.is_empty() {
+        return Ok(0);
+    }
+    eprintln!(
+        "ranksweep: waiting up to {}s for {} worker(s) of a killed run",
+        grace.as_secs(),
+        orphans.len()
+    );
+    let deadline = std::time::Instant::now() + grace;
+    while orphans.iter().any(|&p| super::lease::pid_alive(p))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for &pid in &orphans {
+        if super::lease::pid_alive(pid) {
+            // SAFETY: killpg only sends a signal; the worker leads its own process group.
+            unsafe {
+                libc::killpg(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+    }
+    Ok(orphans.len())
+}
+
+/// Records the results a worker finished after its orchestrator died: a job not done in the
+/// database whose folder holds a readable `result.json` is ingested and marked done instead of
+/// run again. Returns the keys adopted.
+pub fn adopt_results(
+    store: &mut Store,
+    sweep: SweepId,
+    plan: &Plan,
+) -> anyhow::Result<Vec<String>> {
+    let mut adopted = Vec::new();
+    for j in &plan.jobs {
+        let dir = &j.config.output;
+        if !dir.join(crate::train::job_run::RESULT_FILE).is_file() {
+            continue;
+        }
+        let Some(rec) = store.job(sweep, &j.key)? else {
+            continue;
+        };
+        if rec.status == JobStatus::Done
+            || super::lease::read_lease(dir)?.is_some_and(|l| l.owner_alive())
+        {
+            continue;
+        }
+        match ingest_job_dir(store, sweep, &j.key, dir) {
+            Ok(()) => {
+                store.mark_done(sweep, &j.key)?;
+                adopted.push(j.key.clone());
+            }
+            // An unreadable result is not a result: the job runs again (the scheduler sets
+            // the file aside).
+            Err(e) => eprintln!("ranksweep: {}: not adopted: {e}", dir.display()),
+        }
+    }
+    Ok(adopted)
 }
 
 /// The outcome of a `run`.
@@ -179,6 +370,8 @@ pub struct Prepared {
     pub plan: Plan,
     pub store: Store,
     pub sweep: SweepId,
+    /// Code and data fingerprints the plan's keys hash.
+    pub fingerprints: Fingerprints,
 }
 
 /// Loads the spec, synthesizes missing phantom data, fingerprints code and data, makes the
@@ -199,6 +392,7 @@ pub fn prepare_sweep(spec: &Path, results: &Path, db: &Path) -> anyhow::Result<P
         plan,
         store,
         sweep,
+        fingerprints: fp,
     })
 }
 
@@ -223,13 +417,24 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
         plan,
         mut store,
         sweep,
+        fingerprints: fp,
     } = prepare_sweep(&opts.spec, &opts.results, &db)?;
     let host = super::lease::this_host();
+    // After a kill: let the orphaned workers end first, so that none still runs when its job
+    // is reclaimed and started again, then close their attempts and keep what they finished.
+    settle_orphans(&plan, ORPHAN_GRACE)?;
     let reclaimed = store.reclaim_stale(sweep, &host, super::lease::pid_alive)?;
     if !reclaimed.is_empty() {
         eprintln!(
             "ranksweep: reclaimed {} stale lease(s) of killed runs",
             reclaimed.len()
+        );
+    }
+    let adopted = adopt_results(&mut store, sweep, &plan)?;
+    if !adopted.is_empty() {
+        eprintln!(
+            "ranksweep: recorded {} result(s) finished after their run was killed",
+            adopted.len()
         );
     }
     let reasons = reasons(&store, Some(sweep), &plan, opts.rerun_failed)?;
@@ -300,6 +505,9 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
             ("jobs_planned".into(), plan.jobs.len().to_string()),
             ("jobs_cached".into(), cached.to_string()),
             ("jobs_run".into(), jobs.len().to_string()),
+            (ENV_CODE.into(), fp.code.clone()),
+            (ENV_SOURCE.into(), fp.source.clone()),
+            (ENV_TARGET.into(), fp.target.clone()),
         ],
     )?;
     let mut reporter = Reporter::stderr();

@@ -12,6 +12,8 @@
 //! at most once at a time. Re-planning marks jobs and cells no longer in the spec inactive and
 //! keeps everything already recorded, so a rerun resumes.
 
+pub mod history;
+pub mod results;
 pub mod schema;
 
 use std::path::{Path, PathBuf};

@@ -6,9 +6,11 @@
 //! - [`predict`]: per-view slice prediction on the native grid and view fusion;
 //! - [`protocol`]: the worker's progress [`Event`]s and [`ExitClass`] codes, versioned;
 //! - [`signal`]: SIGTERM/SIGINT/SIGUSR1 → a stop flag polled between steps;
-//! - [`bench`]: the training-step benchmark.
+//! - [`bench`]: the training-step benchmark;
+//! - [`fault`]: `RANKSWEEP_FAULT`, the test-only fault injection of the worker.
 
 pub mod bench;
+pub mod fault;
 pub mod job;
 pub mod job_run;
 pub mod predict;

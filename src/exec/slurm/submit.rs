@@ -76,6 +76,7 @@ pub fn submit_sweep(opts: &SubmitOptions) -> anyhow::Result<SubmitOutcome> {
         plan,
         mut store,
         sweep,
+        ..
     } = prepare_sweep(&spec_path, &results, &db)?;
     let sweep_dir = crate::sweep::plan::sweep_dir(&results, &spec.name);
     let jobs_dir = sweep_dir.join("jobs");
