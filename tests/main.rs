@@ -7,6 +7,7 @@ mod metrics;
 mod model;
 mod phantom;
 mod report;
+mod runs;
 mod slurm;
 mod sweep;
 mod util;

@@ -12,7 +12,10 @@
 //! at most once at a time. Re-planning marks jobs and cells no longer in the spec inactive and
 //! keeps everything already recorded, so a rerun resumes.
 
+mod runs;
 pub mod schema;
+
+pub use runs::{CoveredJob, RunJob, RunRecord};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -1478,7 +1481,7 @@ grid:
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(tables, 10);
+        assert_eq!(tables, 11);
     }
 
     #[test]
