@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use super::input::{CaseResult, CellResult, LossCurve, LossPoint, ReportInput};
 use crate::model::{UnetConfig, unet::base_shapes};
-use crate::store::{ExitClass, JobRecord, JobStatus, RunId, Stage, Store, StoreError, SweepId};
+use crate::store::{
+    ExitClass, JobRecord, JobStatus, RunId, RunJob, Stage, Store, StoreError, SweepId,
+};
 use crate::train::job::JobConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,14 +55,21 @@ pub fn load_run_input(
         let Some(mut job) = store.job(sweep, &rj.key)? else {
             continue;
         };
-        job.status = match (rj.cached, rj.outcome, rj.scheduled) {
-            (true, _, _) | (false, Some(ExitClass::Ok), _) => JobStatus::Done,
-            (false, Some(_), _) | (false, None, false) => JobStatus::Failed,
-            (false, None, true) => JobStatus::Pending,
-        };
+        job.status = status_in_run(&rj);
         jobs.push(job);
     }
     input_from_jobs(store, sweep, name, &jobs)
+}
+
+/// A job's status as a run left it.
+fn status_in_run(rj: &RunJob) -> JobStatus {
+    match (rj.cached, rj.outcome, rj.scheduled) {
+        (true, _, _) | (false, Some(ExitClass::Ok), _) => JobStatus::Done,
+        // Failed in this run, or a failure it did not retry.
+        (false, Some(_), _) | (false, None, false) => JobStatus::Failed,
+        // Killed, or blocked by a failed dependency, before it finished.
+        (false, None, true) => JobStatus::Pending,
+    }
 }
 
 fn input_from_jobs(
@@ -158,4 +167,32 @@ fn input_from_jobs(
         sweep: name.to_string(),
         cells,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_shows_each_job_as_it_left_it() {
+        let rj = |cached, scheduled, outcome| RunJob {
+            key: "k".into(),
+            cached,
+            scheduled,
+            outcome,
+        };
+        for (job, want) in [
+            (rj(true, false, None), JobStatus::Done),
+            (rj(false, true, Some(ExitClass::Ok)), JobStatus::Done),
+            (rj(false, true, Some(ExitClass::Oom)), JobStatus::Failed),
+            (
+                rj(false, true, Some(ExitClass::Interrupted)),
+                JobStatus::Failed,
+            ),
+            (rj(false, false, None), JobStatus::Failed),
+            (rj(false, true, None), JobStatus::Pending),
+        ] {
+            assert_eq!(status_in_run(&job), want, "{job:?}");
+        }
+    }
 }
