@@ -8,6 +8,7 @@ mod metrics;
 mod model;
 mod phantom;
 mod report;
+mod runs;
 mod slurm;
 mod submit;
 mod sweep;

@@ -72,9 +72,10 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Predict one scan with a base checkpoint (and adapter) per view.
     Predict(predict::PredictArgs),
-    /// Write a sweep's report (tables, charts, CSV, LaTeX) from a ReportInput JSON file.
+    /// Write a sweep's or a run's report (tables, charts, CSV, LaTeX): `SWEEP[@RUN]`.
     Report(report::ReportArgs),
-    /// Compare two sweeps cell by cell; exit 1 on a regression.
+    /// Compare two sweeps or runs cell by cell (`nightly@previous nightly@latest`); exit 1 on a
+    /// regression.
     Compare(compare::CompareArgs),
     /// Synthesize a TBI or SAH head-CT phantom cohort (nnU-Net v2 layout).
     Synth(synth::SynthArgs),

@@ -1,5 +1,6 @@
-//! `ranksweep report SWEEP` (from the database) or `ranksweep report --input FILE.json`:
-//! writes a sweep's report (tables, charts, CSV, LaTeX) and prints the main table.
+//! `ranksweep report SWEEP[@RUN]` (from the database; any run reference of
+//! `report::run_ref`) or `ranksweep report --input FILE.json`: writes a sweep's report (tables,
+//! charts, CSV, LaTeX) and prints the main table.
 //! Exit 0 when written, 2 on bad input.
 
 use std::io::Write;
@@ -13,8 +14,14 @@ use crate::report::{self, Format, ReportInput};
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
-    /// The sweep's name, read from the database.
-    #[arg(required_unless_present = "input", conflicts_with = "input")]
+    /// What to report: `SWEEP` (its current state), `SWEEP@latest`, `SWEEP@previous`,
+    /// `SWEEP@RUN_ID` (the jobs that run covered), `./other.db[:SWEEP[@RUN]]` (another
+    /// database file) or `./file.json`. A file needs a `/`.
+    #[arg(
+        required_unless_present = "input",
+        conflicts_with = "input",
+        value_name = "REF"
+    )]
     pub sweep: Option<String>,
     /// A `ReportInput` JSON file instead of the database: `{"sweep": ..., "cells": [...]}`,
     /// one entry per cell with its per-case results and loss curves.
@@ -23,7 +30,7 @@ pub struct ReportArgs {
     #[command(flatten)]
     pub store: super::store_args::StoreArgs,
     /// Output folder (created if missing): index.html, report.md, charts/, csv/, tex/.
-    /// Default: `<results>/<sweep>/report`.
+    /// Default: `<results>/<sweep>/report`, or `<results>/<sweep>/runs/<id>/report` for a run.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Comma-separated formats among md, html, csv, tex.
@@ -40,15 +47,23 @@ pub struct ReportArgs {
 
 pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let formats = Format::parse_list(&args.format)?;
-    let input = match (&args.input, &args.sweep) {
-        (Some(file), _) => ReportInput::from_json_file(file)?,
-        (None, Some(name)) => report::from_store::load_input(&args.store.open_existing()?, name)?,
+    let (input, run) = match (&args.input, &args.sweep) {
+        (Some(file), _) => (ReportInput::from_json_file(file)?, None),
+        (None, Some(text)) => {
+            let r: report::RunRef = text.parse()?;
+            let resolved = report::resolve(&r, text, &args.store.db_path())?;
+            let run = resolved.run();
+            (resolved.input, run)
+        }
         (None, None) => anyhow::bail!("give a sweep name or `--input FILE.json`"),
     };
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| args.store.results.join(&input.sweep).join("report"));
+    let out = args.out.clone().unwrap_or_else(|| {
+        let sweep = args.store.results.join(&input.sweep);
+        match run {
+            Some(id) => sweep.join("runs").join(id.to_string()).join("report"),
+            None => sweep.join("report"),
+        }
+    });
     let paths = report::write_report(&input, &out, &formats, &args.strata)?;
     if !args.quiet {
         let text = format!(

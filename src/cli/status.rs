@@ -1,5 +1,6 @@
-//! `ranksweep status SWEEP`: per-cell completeness, running jobs, failures; for a sweep sent to
-//! SLURM (`submit`), each submitted job's SLURM state reconciled with its result file.
+//! `ranksweep status SWEEP`: per-cell completeness, running jobs, failures, recent runs; for a
+//! sweep sent to SLURM (`submit`), each submitted job's SLURM state reconciled with its result
+//! file.
 
 use std::process::ExitCode;
 
@@ -26,6 +27,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .sweep_id(&name)?
         .ok_or_else(|| anyhow::anyhow!("no sweep named `{name}` in {}", db.display()))?;
     let cells = store.cell_status(sweep)?;
+    let runs = recent_runs(&store, sweep)?;
     let counts = store.status_counts(sweep)?;
     let failures: Vec<(String, String, String)> = store
         .jobs(sweep)?
@@ -66,7 +68,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(
                 &serde_json::json!({"sweep": name, "pending": counts.pending,
                 "running": counts.running, "done": counts.done, "failed": counts.failed,
-                "cells": cells, "failures": failures,
+                "cells": cells, "failures": failures, "runs": runs_json(&runs),
                 "slurm": slurm.as_ref().map(|(views, source)| serde_json::json!({"source": source, "tasks": views}))})
             )?
         );
@@ -98,6 +100,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         if let Some((views, _)) = &slurm {
             print_slurm(views);
         }
+        print_runs(&name, &runs);
     }
     let slurm_problems = slurm
         .as_ref()
@@ -153,6 +156,47 @@ fn print_slurm(views: &[slurm::TaskView]) {
             v.job,
             v.slurm_name(),
             v.submission
+        );
+    }
+}
+
+/// How many of a sweep's runs `status` lists (newest last).
+const RECENT_RUNS: usize = 5;
+
+fn recent_runs(
+    store: &crate::store::Store,
+    sweep: crate::store::SweepId,
+) -> anyhow::Result<Vec<crate::store::RunRecord>> {
+    let mut runs = store.runs(sweep)?;
+    let skip = runs.len().saturating_sub(RECENT_RUNS);
+    runs.drain(..skip);
+    Ok(runs)
+}
+
+fn runs_json(runs: &[crate::store::RunRecord]) -> Vec<serde_json::Value> {
+    runs.iter()
+        .map(|r| {
+            serde_json::json!({"run": r.id.0, "started_at": r.started_at, "ended_at": r.ended_at,
+                               "code_version": r.code_version, "host": r.host,
+                               "exit_code": r.exit_code, "jobs": r.jobs, "cached": r.cached})
+        })
+        .collect()
+}
+
+/// One line per recent run: the id to use as `SWEEP@ID`.
+fn print_runs(name: &str, runs: &[crate::store::RunRecord]) {
+    if runs.is_empty() {
+        return;
+    }
+    println!("recent runs (`{name}@ID`):");
+    for r in runs {
+        let exit = match (&r.ended_at, r.exit_code) {
+            (Some(_), Some(c)) => format!("exit {c}"),
+            _ => "not ended".into(),
+        };
+        println!(
+            "  {:>4}  {}  {}  {} jobs ({} cached)  code {}",
+            r.id.0, r.started_at, exit, r.jobs, r.cached, r.code_version
         );
     }
 }

@@ -17,7 +17,8 @@ use crate::data::layout::index_dataset;
 use crate::data::phantom::{Cohort, PhantomConfig, write_cohort};
 use crate::store::history::{ENV_CODE, ENV_SOURCE, ENV_TARGET};
 use crate::store::{
-    AttemptEnd, AttemptId, AttemptStart, ExitClass, JobRecord, JobStatus, NewJob, Store, SweepId,
+    AttemptEnd, AttemptId, AttemptStart, CoveredJob, ExitClass, JobRecord, JobStatus, NewJob,
+    Store, SweepId,
 };
 use crate::sweep::plan::{Fingerprints, Plan, PlannedJob, canonical_config, plan};
 use crate::sweep::{Spec, load};
@@ -456,6 +457,25 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
             summary: None,
         });
     }
+    // A bad `--devices` is a usage error before anything is recorded.
+    let devices = parse_devices(&opts.devices)?;
+    // Recorded before any job file is written or worker started: a killed run still says
+    // which jobs it covered.
+    let covered: Vec<CoveredJob> = reasons
+        .iter()
+        .map(|(key, reason, runs)| CoveredJob {
+            key: key.clone(),
+            cached: *reason == Reason::Done,
+            scheduled: *runs,
+        })
+        .collect();
+    let run = store.start_run_covering(
+        sweep,
+        &crate::version::code_fingerprint(),
+        &host,
+        std::process::id(),
+        &covered,
+    )?;
     let mut jobs = Vec::new();
     for j in plan.jobs.iter().filter(|j| to_run.contains(j.key.as_str())) {
         let job_file = write_job_file(j)?;
@@ -474,7 +494,6 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
             label: j.label.clone(),
         });
     }
-    let devices = parse_devices(&opts.devices)?;
     let slots = SlotConfig {
         slots_per_device: opts
             .slots_per_device
@@ -491,12 +510,6 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
     config.timeout = Some(opts.timeout.unwrap_or(spec.resources.timeout));
     config.watchdog = Some(spec.resources.no_progress);
     config.handle_signals = true;
-    let run = store.start_run(
-        sweep,
-        &crate::version::code_fingerprint(),
-        &host,
-        std::process::id(),
-    )?;
     store.record_environment(
         run,
         &[

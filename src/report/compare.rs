@@ -43,6 +43,28 @@ pub struct Comparison {
     pub failed: Vec<String>,
     /// Cells whose trainable or total parameter count changed.
     pub param_changes: Vec<ParamChange>,
+    /// Where the baseline came from (set by the caller; shown in the Markdown header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_source: Option<Source>,
+    /// Where the current sweep came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_source: Option<Source>,
+}
+
+/// Where one side of a comparison came from: a reference as typed and what it resolved to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    /// As typed (`nightly@latest`, `./old.db:nightly@3`, `./a.json`).
+    pub reference: String,
+    /// The database file (None for a JSON input).
+    pub database: Option<String>,
+    pub sweep: String,
+    /// The run id (None: the sweep's current state, or a JSON input).
+    pub run: Option<i64>,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub code_version: Option<String>,
+    pub exit_code: Option<i32>,
 }
 
 /// One cell in both sweeps.
@@ -112,6 +134,8 @@ pub fn compare(
             .collect(),
         failed: Vec::new(),
         param_changes: Vec::new(),
+        baseline_source: None,
+        current_source: None,
     };
     for cur in sorted(current) {
         let label = cur.label();
@@ -192,8 +216,8 @@ impl Comparison {
         serde_json::to_string_pretty(&v).unwrap_or_default()
     }
 
-    /// A Markdown summary: verdict, the rule, a table of cells, then new, missing, failed
-    /// cells and parameter changes.
+    /// A Markdown summary for a nightly mail: verdict, both sources (when set), the
+    /// regressions first, then the rule, the table of cells, new cells and parameter changes.
     pub fn to_markdown(&self) -> String {
         let verdict = if self.regressed() {
             "REGRESSION"
@@ -205,6 +229,51 @@ impl Comparison {
             escape_md(&self.baseline),
             escape_md(&self.current)
         );
+        if let (Some(b), Some(c)) = (&self.baseline_source, &self.current_source) {
+            s.push_str(&sources_table(b, c));
+        }
+        let delta = |d: f64| {
+            if d.is_finite() {
+                format!("{d:+.3}")
+            } else {
+                "–".into()
+            }
+        };
+        let mut regressions: Vec<String> = self
+            .cells
+            .iter()
+            .filter(|c| c.regressed)
+            .map(|c| {
+                format!(
+                    "- {}: Dice {} → {} (Δ {}, noise {}, {} paired)",
+                    escape_md(&c.cell),
+                    fmt3(c.baseline.mean),
+                    fmt3(c.current.mean),
+                    delta(c.delta),
+                    fmt3(c.noise),
+                    c.n_paired
+                )
+            })
+            .collect();
+        regressions.extend(
+            self.missing
+                .iter()
+                .map(|m| format!("- {}: missing from the current sweep", escape_md(m))),
+        );
+        regressions.extend(
+            self.failed
+                .iter()
+                .map(|m| format!("- {}: newly failed folds", escape_md(m))),
+        );
+        if regressions.is_empty() {
+            s.push_str("**No regression.**\n\n");
+        } else {
+            s.push_str(&format!(
+                "## Regressions ({})\n\n{}\n\n",
+                regressions.len(),
+                regressions.join("\n")
+            ));
+        }
         s.push_str(&format!(
             "A cell regressed when Δ Dice (current − baseline, paired over shared cases) is \
 below −max(tolerance {}, noise), noise = half-width of the 95% interval of the paired \
@@ -226,11 +295,7 @@ differences. Missing and newly failed cells also count as regressions.\n\n",
                 escape_md(&c.cell),
                 fmt3(c.baseline.mean),
                 fmt3(c.current.mean),
-                if c.delta.is_finite() {
-                    format!("{:+.3}", c.delta)
-                } else {
-                    "–".into()
-                },
+                delta(c.delta),
                 fmt3(c.noise),
                 c.n_paired,
                 fmt_p(c.p_value),
@@ -267,6 +332,41 @@ differences. Missing and newly failed cells also count as regressions.\n\n",
         s.push_str(&list("Parameter-count changes", &params));
         s
     }
+}
+
+/// The header of a nightly mail: what each side is.
+fn sources_table(b: &Source, c: &Source) -> String {
+    let opt = |v: &Option<String>| v.as_deref().map(escape_md).unwrap_or_else(|| "–".into());
+    let run = |s: &Source| match (s.run, s.database.is_some()) {
+        (Some(id), _) => id.to_string(),
+        (None, true) => "current state".into(),
+        (None, false) => "– (JSON file)".into(),
+    };
+    let ended = |s: &Source| match (&s.ended_at, s.exit_code) {
+        (Some(t), Some(code)) => format!("{} (exit {code})", escape_md(t)),
+        (Some(t), None) => escape_md(t),
+        (None, _) if s.run.is_some() => "not ended (running or killed)".into(),
+        (None, _) => "–".into(),
+    };
+    let rows = [
+        (
+            "reference",
+            escape_md(&b.reference),
+            escape_md(&c.reference),
+        ),
+        ("sweep", escape_md(&b.sweep), escape_md(&c.sweep)),
+        ("run", run(b), run(c)),
+        ("started", opt(&b.started_at), opt(&c.started_at)),
+        ("ended", ended(b), ended(c)),
+        ("code version", opt(&b.code_version), opt(&c.code_version)),
+        ("database", opt(&b.database), opt(&c.database)),
+    ];
+    let mut s = String::from("| | baseline | current |\n|---|---|---|\n");
+    for (name, x, y) in rows {
+        s.push_str(&format!("| {name} | {x} | {y} |\n"));
+    }
+    s.push('\n');
+    s
 }
 
 #[cfg(test)]

@@ -1,11 +1,14 @@
 //! The report's input read from the SQLite store: one `CellResult` per cell of a sweep, with
-//! the per-case metrics of its done jobs, parameter counts and loss curves.
+//! the per-case metrics of its done jobs, parameter counts and loss curves — either the
+//! sweep's current state ([`load_input`]) or the jobs one run covered ([`load_run_input`]).
 
 use std::collections::BTreeMap;
 
 use super::input::{CaseResult, CellResult, LossCurve, LossPoint, ReportInput};
 use crate::model::{UnetConfig, unet::base_shapes};
-use crate::store::{JobRecord, JobStatus, Stage, Store, StoreError};
+use crate::store::{
+    ExitClass, JobRecord, JobStatus, RunId, RunJob, Stage, Store, StoreError, SweepId,
+};
 use crate::train::job::JobConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,12 +29,55 @@ pub fn base_param_count(cfg: &UnetConfig) -> u64 {
         .sum()
 }
 
-/// Builds the report input of sweep `name` from the store.
+/// Builds the report input of sweep `name` from the store: its current state, every active
+/// job with its latest status.
 pub fn load_input(store: &Store, name: &str) -> Result<ReportInput, FromStoreError> {
     let sweep = store
         .sweep_id(name)?
         .ok_or_else(|| FromStoreError::UnknownSweep(name.to_string()))?;
     let jobs = store.jobs(sweep)?;
+    input_from_jobs(store, sweep, name, &jobs)
+}
+
+/// Builds the report input of one run of sweep `name`: exactly the jobs it covered, each with
+/// the status it had at that run's end (cached or finished ok: done; failed in it, or a failure
+/// it left alone: failed; not finished in it: pending).
+pub fn load_run_input(
+    store: &Store,
+    name: &str,
+    run: RunId,
+) -> Result<ReportInput, FromStoreError> {
+    let sweep = store
+        .sweep_id(name)?
+        .ok_or_else(|| FromStoreError::UnknownSweep(name.to_string()))?;
+    let mut jobs = Vec::new();
+    for rj in store.run_jobs(run)? {
+        let Some(mut job) = store.job(sweep, &rj.key)? else {
+            continue;
+        };
+        job.status = status_in_run(&rj);
+        jobs.push(job);
+    }
+    input_from_jobs(store, sweep, name, &jobs)
+}
+
+/// A job's status as a run left it.
+fn status_in_run(rj: &RunJob) -> JobStatus {
+    match (rj.cached, rj.outcome, rj.scheduled) {
+        (true, _, _) | (false, Some(ExitClass::Ok), _) => JobStatus::Done,
+        // Failed in this run, or a failure it did not retry.
+        (false, Some(_), _) | (false, None, false) => JobStatus::Failed,
+        // Killed, or blocked by a failed dependency, before it finished.
+        (false, None, true) => JobStatus::Pending,
+    }
+}
+
+fn input_from_jobs(
+    store: &Store,
+    sweep: SweepId,
+    name: &str,
+    jobs: &[JobRecord],
+) -> Result<ReportInput, FromStoreError> {
     let mut by_cell: BTreeMap<String, Vec<&JobRecord>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     for j in jobs.iter().filter(|j| j.stage != Stage::Pretrain) {
@@ -121,4 +167,32 @@ pub fn load_input(store: &Store, name: &str) -> Result<ReportInput, FromStoreErr
         sweep: name.to_string(),
         cells,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_shows_each_job_as_it_left_it() {
+        let rj = |cached, scheduled, outcome| RunJob {
+            key: "k".into(),
+            cached,
+            scheduled,
+            outcome,
+        };
+        for (job, want) in [
+            (rj(true, false, None), JobStatus::Done),
+            (rj(false, true, Some(ExitClass::Ok)), JobStatus::Done),
+            (rj(false, true, Some(ExitClass::Oom)), JobStatus::Failed),
+            (
+                rj(false, true, Some(ExitClass::Interrupted)),
+                JobStatus::Failed,
+            ),
+            (rj(false, false, None), JobStatus::Failed),
+            (rj(false, true, None), JobStatus::Pending),
+        ] {
+            assert_eq!(status_in_run(&job), want, "{job:?}");
+        }
+    }
 }

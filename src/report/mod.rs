@@ -2,13 +2,15 @@
 //!
 //! Input is plain data, [`ReportInput`] (one [`CellResult`] per cell with its per-case results
 //! and loss curves), which the store fills or `ranksweep report --input` reads from JSON;
-//! nothing here touches the database. From it:
+//! only `from_store` and `run_ref` read the database. From it:
 //! - [`table`]: [`Table`], one [`Row`] per cell: Dice pooled and per fold, completeness,
 //!   parameters, strata, volume agreement, paired Wilcoxon tests against `none` and `full`
 //!   (Holm-adjusted across the table), best cells — every statistic from `crate::metrics`;
 //! - [`render`]: the tables as Markdown, HTML, LaTeX, CSV and a terminal table;
 //! - [`charts`]: six charts as SVG and PNG (plotters, embedded font, no system fonts);
 //! - [`compare`]: [`Comparison`] of a baseline and a current sweep, with the regression rule;
+//! - [`run_ref`]: [`RunRef`], the `SWEEP[@RUN]` / `./file.db[:SWEEP[@RUN]]` references that
+//!   `report` and `compare` take, resolved to a [`ReportInput`] from the store or a file;
 //! - [`write_report`]: everything written to a folder, in the [`Format`]s asked for.
 //!
 //! Output folder: `index.html` (self-contained: tables and inline SVG charts, no network),
@@ -20,15 +22,17 @@ mod error;
 pub mod from_store;
 pub mod input;
 pub mod render;
+pub mod run_ref;
 pub mod table;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub use charts::{ChartConfig, ChartFile};
-pub use compare::{CellChange, Comparison, compare};
+pub use compare::{CellChange, Comparison, Source, compare};
 pub use error::ReportError;
 pub use input::{CaseResult, CellResult, LossCurve, LossPoint, ReportInput};
+pub use run_ref::{Resolved, RunRef, RunRefError, RunSel, resolve};
 pub use table::{PairedTest, Row, Table, build_table};
 
 use crate::metrics::Strata;

@@ -14,7 +14,10 @@
 
 pub mod history;
 pub mod results;
+mod runs;
 pub mod schema;
+
+pub use runs::{CoveredJob, RunJob, RunRecord};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -1486,7 +1489,7 @@ grid:
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(tables, 10);
+        assert_eq!(tables, 11);
     }
 
     #[test]

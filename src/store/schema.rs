@@ -132,6 +132,20 @@ CREATE TABLE environment (
     PRIMARY KEY (run, key)
 );
 "#,
+    // 2: which jobs each `run` covered, so a run can be reported and compared on its own.
+    r#"
+-- Written in one transaction when the run starts, so a killed run still says what it covered.
+-- `cached`: the job was already done when the run started; `scheduled`: the run meant to
+-- execute it (a job neither cached nor scheduled had failed before and was not retried).
+CREATE TABLE run_jobs (
+    run        INTEGER NOT NULL REFERENCES runs(id),
+    job        INTEGER NOT NULL REFERENCES jobs(id),
+    cached     INTEGER NOT NULL CHECK (cached IN (0, 1)),
+    scheduled  INTEGER NOT NULL CHECK (scheduled IN (0, 1)),
+    PRIMARY KEY (run, job)
+);
+CREATE INDEX runs_by_sweep ON runs (sweep_id, id);
+"#,
 ];
 
 /// The schema version this build writes.
