@@ -12,9 +12,21 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/index");
-    println!("cargo:rerun-if-changed=.git/refs");
+    // In a linked worktree `.git` is a file; ask git where HEAD, the index and the refs are
+    // (a path that does not exist would make cargo rerun this script on every build).
+    let dir = git(&["rev-parse", "--absolute-git-dir"]);
+    let common = git(&["rev-parse", "--path-format=absolute", "--git-common-dir"]);
+    let watched = [
+        dir.as_ref().map(|d| format!("{d}/HEAD")),
+        dir.as_ref().map(|d| format!("{d}/index")),
+        common.as_ref().map(|c| format!("{c}/refs")),
+        common.as_ref().map(|c| format!("{c}/packed-refs")),
+    ];
+    for path in watched.into_iter().flatten() {
+        if std::path::Path::new(&path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
     println!("cargo:rerun-if-changed=src");
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_default();
     // The code that computes results: the src tree and the lock file, not the whole commit, so

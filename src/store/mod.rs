@@ -1100,52 +1100,6 @@ impl Store {
             .collect()
     }
 
-    /// Stores a job's per-case metrics, replacing earlier values of the same cases (ingestion
-    /// is idempotent).
-    pub fn record_case_metrics(
-        &mut self,
-        sweep: SweepId,
-        key: &str,
-        cases: &[CaseMetric],
-    ) -> Result<(), StoreError> {
-        let job = self.job_row(sweep, key)?;
-        let path = self.path.clone();
-        let err = |source| StoreError::Sql {
-            path: path.clone(),
-            context: "saving case metrics",
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        {
-            let mut st = tx
-                .prepare(
-                    "INSERT OR REPLACE INTO case_metrics (job, case_id, dice, tp, fp, fn, hd95,
-                                                        volume_true_ml, volume_pred_ml, stratum)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                )
-                .map_err(err)?;
-            for c in cases {
-                st.execute(params![
-                    job,
-                    c.case_id,
-                    finite(c.dice),
-                    c.tp as i64,
-                    c.fp as i64,
-                    c.fn_ as i64,
-                    finite(c.hd95),
-                    c.volume_true_ml,
-                    c.volume_pred_ml,
-                    c.stratum,
-                ])
-                .map_err(err)?;
-            }
-        }
-        tx.commit().map_err(err)
-    }
-
     pub fn case_metrics(&self, sweep: SweepId, key: &str) -> Result<Vec<CaseMetric>, StoreError> {
         let job = self.job_row(sweep, key)?;
         let err = self.sql("reading case metrics");
@@ -1174,45 +1128,6 @@ impl Store {
         .map_err(&err)
     }
 
-    /// Stores a job's training curve, replacing points of the same steps.
-    pub fn record_epochs(
-        &mut self,
-        sweep: SweepId,
-        key: &str,
-        points: &[EpochPoint],
-    ) -> Result<(), StoreError> {
-        let job = self.job_row(sweep, key)?;
-        let path = self.path.clone();
-        let err = |source| StoreError::Sql {
-            path: path.clone(),
-            context: "saving the training curve",
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        {
-            let mut st = tx
-                .prepare(
-                    "INSERT OR REPLACE INTO epochs (job, step, loss, lr, val_dice)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(err)?;
-            for p in points {
-                st.execute(params![
-                    job,
-                    p.step as i64,
-                    p.loss.and_then(finite),
-                    p.lr,
-                    p.val_dice.and_then(finite)
-                ])
-                .map_err(err)?;
-            }
-        }
-        tx.commit().map_err(err)
-    }
-
     pub fn epochs(&self, sweep: SweepId, key: &str) -> Result<Vec<EpochPoint>, StoreError> {
         let job = self.job_row(sweep, key)?;
         let err = self.sql("reading the training curve");
@@ -1231,39 +1146,6 @@ impl Store {
         .map_err(&err)?
         .collect::<Result<_, _>>()
         .map_err(&err)
-    }
-
-    /// Stores a job's parameter counts, replacing the same scopes.
-    pub fn record_param_counts(
-        &mut self,
-        sweep: SweepId,
-        key: &str,
-        counts: &[ParamCount],
-    ) -> Result<(), StoreError> {
-        let job = self.job_row(sweep, key)?;
-        let path = self.path.clone();
-        let err = |source| StoreError::Sql {
-            path: path.clone(),
-            context: "saving parameter counts",
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        {
-            let mut st = tx
-                .prepare(
-                    "INSERT OR REPLACE INTO param_counts (job, scope, total, trainable)
-                     VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(err)?;
-            for c in counts {
-                st.execute(params![job, c.scope, c.total as i64, c.trainable as i64])
-                    .map_err(err)?;
-            }
-        }
-        tx.commit().map_err(err)
     }
 
     pub fn param_counts(&self, sweep: SweepId, key: &str) -> Result<Vec<ParamCount>, StoreError> {
@@ -1732,9 +1614,19 @@ grid:
                 stratum: None,
             },
         ];
-        st.record_case_metrics(sw, key, &cases).unwrap();
+        let rows = |cases: &[CaseMetric], epochs: &[EpochPoint], params: &[ParamCount]| {
+            vec![results::JobRows {
+                key: key.to_string(),
+                cases: cases.to_vec(),
+                epochs: epochs.to_vec(),
+                params: params.to_vec(),
+            }]
+        };
+        st.record_results(sw, &rows(&cases, &[], &[]), false)
+            .unwrap();
         // Ingesting twice replaces rather than duplicates.
-        st.record_case_metrics(sw, key, &cases).unwrap();
+        st.record_results(sw, &rows(&cases, &[], &[]), false)
+            .unwrap();
         let back = st.case_metrics(sw, key).unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(back[0], cases[0]);
@@ -1755,7 +1647,7 @@ grid:
                 val_dice: Some(0.4),
             },
         ];
-        st.record_epochs(sw, key, &pts).unwrap();
+        st.record_results(sw, &rows(&[], &pts, &[]), false).unwrap();
         assert_eq!(st.epochs(sw, key).unwrap(), pts);
 
         let pc = vec![
@@ -1770,7 +1662,7 @@ grid:
                 trainable: 640,
             },
         ];
-        st.record_param_counts(sw, key, &pc).unwrap();
+        st.record_results(sw, &rows(&[], &[], &pc), false).unwrap();
         assert_eq!(st.param_counts(sw, key).unwrap(), pc);
 
         let run = st.start_run(sw, "abc123+dirty", "h", 1).unwrap();
@@ -1789,8 +1681,10 @@ grid:
             ]
         );
         st.end_run(run, 0).unwrap();
+        let mut unknown = rows(&[], &pts, &[]);
+        unknown[0].key = "nope".into();
         assert!(matches!(
-            st.record_epochs(sw, "nope", &pts),
+            st.record_results(sw, &unknown, false),
             Err(StoreError::UnknownJob { .. })
         ));
     }

@@ -2,8 +2,8 @@
 //! one transaction with prepared statements — what ingesting a cluster's thousands of result
 //! files needs (one transaction per job and table made it ~5 commits per file).
 //!
-//! Rows replace earlier rows of the same case, step or scope, exactly as the single-job
-//! `record_*` calls do, so ingestion stays idempotent.
+//! Rows replace earlier rows of the same case, step or scope, and a job already done keeps its
+//! row untouched, so ingesting the same files twice gives the same database.
 
 use std::collections::HashSet;
 
@@ -77,7 +77,7 @@ impl Store {
                 )
                 .map_err(err)?;
             let mut done = tx
-                .prepare("UPDATE jobs SET status = 'done', updated_at = ?2 WHERE id = ?1")
+                .prepare("UPDATE jobs SET status = 'done', updated_at = ?2 WHERE id = ?1 AND status <> 'done'")
                 .map_err(err)?;
             for j in jobs {
                 let id: i64 = find
