@@ -274,15 +274,19 @@ mod tests {
             let mut ins = c
                 .prepare("INSERT INTO epochs (job, step, loss, lr, val_dice) VALUES (?1, ?2, ?3, ?4, ?5)")
                 .unwrap();
-            let rows: [(i64, i64, Option<f64>, Option<f64>, Option<f64>); 5] = [
-                (1, 20, Some(0.1), Some(f64::INFINITY), Some(0.7)),
-                (1, 0, Some(1.0 / 3.0), Some(1e-3), None),
-                (1, 10, None, Some(2.5e-4), Some(f64::from(0.412_345_67_f32))),
-                (2, 100, Some(0.2), None, None),
-                (2, 110, Some(1.0), None, None),
+            let rows: [(i64, StoredPoint); 5] = [
+                (1, (20, Some(0.1), Some(f64::INFINITY), Some(0.7))),
+                (1, (0, Some(1.0 / 3.0), Some(1e-3), None)),
+                (
+                    1,
+                    (10, None, Some(2.5e-4), Some(f64::from(0.412_345_67_f32))),
+                ),
+                (2, (100, Some(0.2), None, None)),
+                (2, (110, Some(1.0), None, None)),
             ];
-            for r in rows {
-                ins.execute(params![r.0, r.1, r.2, r.3, r.4]).unwrap();
+            for (job, (step, loss, lr, dice)) in rows {
+                ins.execute(params![job, step as i64, loss, lr, dice])
+                    .unwrap();
             }
         }
         let st = Store::open(&path).unwrap();
