@@ -137,7 +137,7 @@ fn count(db: &Path, sql: &str) -> i64 {
 }
 
 /// Every job done, each attempt numbered 1..=n once, at most one `ok` attempt, and per-case
-/// metrics and curve rows exactly those of the job's `result.json`.
+/// metrics and the curve exactly those of the job's `result.json`.
 fn assert_complete_without_duplicates(dir: &Path, sweep: &str, n_jobs: usize) {
     let (st, sw) = open(dir, sweep);
     let jobs = st.jobs(sw).unwrap();
@@ -170,8 +170,24 @@ fn assert_complete_without_duplicates(dir: &Path, sweep: &str, n_jobs: usize) {
         if j.stage != ranksweep::store::Stage::Pretrain {
             assert_eq!(want.len(), 3, "{}: a fold of 6 cases tests 3", j.key);
         }
-        let curve = r.views.first().map_or(0, |v| v.loss_curve.len());
-        assert_eq!(st.epochs(sw, &j.key).unwrap().len(), curve, "{}", j.key);
+        // The curve is one row per job: its points are the result's, each step once.
+        let want: Vec<(usize, Option<f64>)> = r
+            .views
+            .first()
+            .map(|v| {
+                v.loss_curve
+                    .iter()
+                    .map(|&(s, l)| (s, Some(f64::from(l)).filter(|l| l.is_finite())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let got: Vec<(usize, Option<f64>)> = st
+            .epochs(sw, &j.key)
+            .unwrap()
+            .iter()
+            .map(|p| (p.step, p.loss))
+            .collect();
+        assert_eq!(got, want, "{}", j.key);
     }
 }
 

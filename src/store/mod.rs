@@ -1128,24 +1128,25 @@ impl Store {
         .map_err(&err)
     }
 
+    /// The job's training curve ordered by step; empty when it has none.
     pub fn epochs(&self, sweep: SweepId, key: &str) -> Result<Vec<EpochPoint>, StoreError> {
         let job = self.job_row(sweep, key)?;
         let err = self.sql("reading the training curve");
-        let mut st = self
+        let text: Option<String> = self
             .conn
-            .prepare("SELECT step, loss, lr, val_dice FROM epochs WHERE job = ?1 ORDER BY step")
-            .map_err(&err)?;
-        st.query_map([job], |r| {
-            Ok(EpochPoint {
-                step: r.get::<_, i64>(0)? as usize,
-                loss: r.get(1)?,
-                lr: r.get(2)?,
-                val_dice: r.get(3)?,
+            .query_row("SELECT points FROM curves WHERE job = ?1", [job], |r| {
+                r.get(0)
             })
+            .optional()
+            .map_err(&err)?;
+        let Some(text) = text else {
+            return Ok(Vec::new());
+        };
+        results::decode_curve(&text).map_err(|why| StoreError::Corrupt {
+            path: self.path.clone(),
+            column: "curves.points",
+            value: format!("{}… ({why})", text.chars().take(40).collect::<String>()),
         })
-        .map_err(&err)?
-        .collect::<Result<_, _>>()
-        .map_err(&err)
     }
 
     pub fn param_counts(&self, sweep: SweepId, key: &str) -> Result<Vec<ParamCount>, StoreError> {
@@ -1372,6 +1373,16 @@ grid:
             )
             .unwrap();
         assert_eq!(tables, 11);
+        // Migration 3 replaced the per-point table.
+        let names: Vec<String> = b
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE name IN ('curves', 'epochs')")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(names, ["curves"]);
     }
 
     #[test]
@@ -1647,6 +1658,26 @@ grid:
                 val_dice: Some(0.4),
             },
         ];
+        st.record_results(sw, &rows(&[], &pts, &[]), false).unwrap();
+        assert_eq!(st.epochs(sw, key).unwrap(), pts);
+        // Re-ingesting replaces the whole curve (not point by point); no points keeps it.
+        let shorter = vec![EpochPoint {
+            step: 5,
+            loss: Some(f64::NAN),
+            lr: Some(f64::INFINITY),
+            val_dice: Some(0.25),
+        }];
+        st.record_results(sw, &rows(&[], &shorter, &[]), false)
+            .unwrap();
+        let none = EpochPoint {
+            loss: None,
+            lr: None,
+            ..shorter[0]
+        };
+        assert_eq!(st.epochs(sw, key).unwrap(), [none]);
+        st.record_results(sw, &rows(&[], &[], &[]), false).unwrap();
+        assert_eq!(st.epochs(sw, key).unwrap(), [none]);
+        assert_eq!(st.epochs(sw, &jobs[0].key).unwrap(), []);
         st.record_results(sw, &rows(&[], &pts, &[]), false).unwrap();
         assert_eq!(st.epochs(sw, key).unwrap(), pts);
 

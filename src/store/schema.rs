@@ -146,6 +146,31 @@ CREATE TABLE run_jobs (
 );
 CREATE INDEX runs_by_sweep ON runs (sweep_id, id);
 "#,
+    // 3: a job's training curve is one row instead of one row per point: ingesting 10,000
+    // results wrote 3 M `epochs` rows, and SQLite's per-row insert cost dominated (#5).
+    r#"
+-- `points`: compact JSON `[[step, loss, lr, val_dice], ...]` ordered by step, with null for a
+-- missing or non-finite value (JSON has no NaN or infinity). Readable with the JSON functions,
+-- e.g. `SELECT value ->> 1 FROM curves, json_each(points) WHERE job = 7`.
+CREATE TABLE curves (
+    job     INTEGER PRIMARY KEY REFERENCES jobs(id),
+    points  TEXT NOT NULL
+);
+-- REAL columns could hold an infinite `lr`; NaN was already stored as NULL.
+INSERT INTO curves (job, points)
+SELECT job,
+       json_group_array(json_array(
+           step,
+           CASE WHEN loss BETWEEN -1.7976931348623157e308 AND 1.7976931348623157e308
+                THEN loss END,
+           CASE WHEN lr BETWEEN -1.7976931348623157e308 AND 1.7976931348623157e308
+                THEN lr END,
+           CASE WHEN val_dice BETWEEN -1.7976931348623157e308 AND 1.7976931348623157e308
+                THEN val_dice END
+       ) ORDER BY step)
+FROM epochs GROUP BY job;
+DROP TABLE epochs;
+"#,
 ];
 
 /// The schema version this build writes.
