@@ -7,9 +7,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{
-    JOB_COLUMNS, JobRecord, RunId, Stage, Store, StoreError, SweepId, parse_stage, raw_job,
-};
+use super::{JobRecord, RunId, Stage, Store, StoreError, SweepId, parse_stage};
 use crate::model::AdaptationKind;
 
 /// Environment keys under which `run` records the fingerprints it planned with.
@@ -38,19 +36,7 @@ pub struct FinishedAttempt {
 impl Store {
     /// Every job the sweep ever had, active or not, oldest first.
     pub fn all_jobs(&self, sweep: SweepId) -> Result<Vec<JobRecord>, StoreError> {
-        let err = self.sql("reading the job history");
-        let mut st = self
-            .conn
-            .prepare(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE sweep_id = ?1 ORDER BY id"
-            ))
-            .map_err(&err)?;
-        let raws = st
-            .query_map([sweep.0], raw_job)
-            .map_err(&err)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(&err)?;
-        raws.into_iter().map(|r| self.job_from_raw(r)).collect()
+        self.select_jobs(sweep, false)
     }
 
     /// The fingerprints of the run that last started an attempt of job `key`, or, if it never

@@ -364,6 +364,20 @@ impl Store {
         }
     }
 
+    /// Like [`Store::sql`], but owning the path, for use while a transaction borrows the
+    /// connection mutably.
+    fn sql_detached(
+        &self,
+        context: &'static str,
+    ) -> impl Fn(rusqlite::Error) -> StoreError + use<> {
+        let path = self.path.clone();
+        move |source| StoreError::Sql {
+            path: path.clone(),
+            context,
+            source,
+        }
+    }
+
     fn corrupt(&self, column: &'static str, value: &str) -> StoreError {
         StoreError::Corrupt {
             path: self.path.clone(),
@@ -487,28 +501,23 @@ impl Store {
         run: RunId,
         entries: &[(String, String)],
     ) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let err = |source| StoreError::Sql {
-            path: path.clone(),
-            context: "recording the environment",
-            source,
-        };
+        let err = self.sql_detached("recording the environment");
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
+            .map_err(&err)?;
         {
             let mut st = tx
                 .prepare(
                     "INSERT INTO environment (run, key, value) VALUES (?1, ?2, ?3)
                      ON CONFLICT (run, key) DO UPDATE SET value = excluded.value",
                 )
-                .map_err(err)?;
+                .map_err(&err)?;
             for (k, v) in entries {
-                st.execute(params![run.0, k, v]).map_err(err)?;
+                st.execute(params![run.0, k, v]).map_err(&err)?;
             }
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(&err)
     }
 
     pub fn environment(&self, run: RunId) -> Result<Vec<(String, String)>, StoreError> {
@@ -526,18 +535,13 @@ impl Store {
     /// Makes `cells` the sweep's active cells, in this order; cells of an earlier plan that are
     /// missing become inactive (their jobs and results stay).
     pub fn upsert_cells(&mut self, sweep: SweepId, cells: &[Cell]) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let err = |source| StoreError::Sql {
-            path: path.clone(),
-            context: "saving the cells",
-            source,
-        };
+        let err = self.sql_detached("saving the cells");
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
+            .map_err(&err)?;
         tx.execute("UPDATE cells SET active = 0 WHERE sweep_id = ?1", [sweep.0])
-            .map_err(err)?;
+            .map_err(&err)?;
         {
             let mut st = tx
                 .prepare(
@@ -548,7 +552,7 @@ impl Store {
                         ordinal = excluded.ordinal, block = excluded.block,
                         label = excluded.label, active = 1",
                 )
-                .map_err(err)?;
+                .map_err(&err)?;
             for (i, c) in cells.iter().enumerate() {
                 let a = &c.adaptation;
                 st.execute(params![
@@ -564,10 +568,10 @@ impl Store {
                     a.train_norms,
                     c.canonical_json(),
                 ])
-                .map_err(err)?;
+                .map_err(&err)?;
             }
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(&err)
     }
 
     /// The sweep's active cell ids, in plan order.
@@ -598,29 +602,25 @@ impl Store {
         jobs: &[NewJob],
     ) -> Result<UpsertSummary, StoreError> {
         let path = self.path.clone();
-        let err = |source| StoreError::Sql {
-            path: path.clone(),
-            context: "saving the jobs",
-            source,
-        };
+        let err = self.sql_detached("saving the jobs");
         let t = now();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
+            .map_err(&err)?;
         let active_before: i64 = tx
             .query_row(
                 "SELECT COUNT(*) FROM jobs WHERE sweep_id = ?1 AND active = 1",
                 [sweep.0],
                 |r| r.get(0),
             )
-            .map_err(err)?;
+            .map_err(&err)?;
         let mut summary = UpsertSummary::default();
         let mut existing_active = 0i64;
         {
             let mut find = tx
                 .prepare("SELECT id, active FROM jobs WHERE sweep_id = ?1 AND job_key = ?2")
-                .map_err(err)?;
+                .map_err(&err)?;
             let mut insert = tx
                 .prepare(
                     "INSERT INTO jobs (sweep_id, job_key, cell_id, stage, kind, selector, rank,
@@ -628,13 +628,13 @@ impl Store {
                                        updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)",
                 )
-                .map_err(err)?;
+                .map_err(&err)?;
             let mut keep = Vec::with_capacity(jobs.len());
             for j in jobs {
                 let found: Option<(i64, bool)> = find
                     .query_row(params![sweep.0, j.key], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()
-                    .map_err(err)?;
+                    .map_err(&err)?;
                 match found {
                     Some((id, active)) => {
                         keep.push(id);
@@ -659,7 +659,7 @@ impl Store {
                                 j.config_json,
                                 t,
                             ])
-                            .map_err(err)?;
+                            .map_err(&err)?;
                         keep.push(tx.last_insert_rowid());
                         summary.inserted += 1;
                     }
@@ -667,12 +667,12 @@ impl Store {
             }
             // Only this plan's jobs stay active.
             tx.execute("UPDATE jobs SET active = 0 WHERE sweep_id = ?1", [sweep.0])
-                .map_err(err)?;
+                .map_err(&err)?;
             let mut revive = tx
                 .prepare("UPDATE jobs SET active = 1, updated_at = ?2 WHERE id = ?1")
-                .map_err(err)?;
+                .map_err(&err)?;
             for id in keep {
-                revive.execute(params![id, t]).map_err(err)?;
+                revive.execute(params![id, t]).map_err(&err)?;
             }
             let mut dep = tx
                 .prepare(
@@ -681,16 +681,16 @@ impl Store {
                      WHERE j.sweep_id = ?1 AND j.job_key = ?2
                        AND d.sweep_id = ?1 AND d.job_key = ?3",
                 )
-                .map_err(err)?;
+                .map_err(&err)?;
             let mut exists = tx
                 .prepare("SELECT EXISTS (SELECT 1 FROM jobs WHERE sweep_id = ?1 AND job_key = ?2)")
-                .map_err(err)?;
+                .map_err(&err)?;
             for j in jobs {
                 for need in &j.needs {
-                    dep.execute(params![sweep.0, j.key, need]).map_err(err)?;
+                    dep.execute(params![sweep.0, j.key, need]).map_err(&err)?;
                     let known: bool = exists
                         .query_row(params![sweep.0, need], |r| r.get(0))
-                        .map_err(err)?;
+                        .map_err(&err)?;
                     if !known {
                         return Err(StoreError::UnknownJob {
                             path: path.clone(),
@@ -702,7 +702,7 @@ impl Store {
             }
         }
         summary.deactivated = (active_before - existing_active).max(0) as usize;
-        tx.commit().map_err(err)?;
+        tx.commit().map_err(&err)?;
         Ok(summary)
     }
 }
@@ -827,11 +827,17 @@ impl Store {
 
     /// The sweep's active jobs in plan order.
     pub fn jobs(&self, sweep: SweepId) -> Result<Vec<JobRecord>, StoreError> {
+        self.select_jobs(sweep, true)
+    }
+
+    /// The sweep's jobs in plan order, only the active ones or all it ever had.
+    fn select_jobs(&self, sweep: SweepId, active_only: bool) -> Result<Vec<JobRecord>, StoreError> {
         let err = self.sql("reading the jobs");
+        let active = if active_only { "AND active = 1" } else { "" };
         let mut st = self
             .conn
             .prepare(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE sweep_id = ?1 AND active = 1 ORDER BY id"
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE sweep_id = ?1 {active} ORDER BY id"
             ))
             .map_err(&err)?;
         let raws = st
@@ -867,15 +873,11 @@ impl Store {
         start: &AttemptStart,
     ) -> Result<AttemptId, StoreError> {
         let path = self.path.clone();
-        let err = |source| StoreError::Sql {
-            path: path.clone(),
-            context: "starting an attempt",
-            source,
-        };
+        let err = self.sql_detached("starting an attempt");
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
+            .map_err(&err)?;
         let (job, status, attempts): (i64, String, i64) = tx
             .query_row(
                 "SELECT id, status, attempts FROM jobs WHERE sweep_id = ?1 AND job_key = ?2",
@@ -883,7 +885,7 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
-            .map_err(err)?
+            .map_err(&err)?
             .ok_or_else(|| StoreError::UnknownJob {
                 path: path.clone(),
                 sweep: sweep.0,
@@ -902,7 +904,7 @@ impl Store {
              WHERE id = ?1",
             params![job, t],
         )
-        .map_err(err)?;
+        .map_err(&err)?;
         tx.execute(
             "INSERT INTO attempts (job, run, number, host, device, pid, started_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -916,9 +918,9 @@ impl Store {
                 t
             ],
         )
-        .map_err(err)?;
+        .map_err(&err)?;
         let id = tx.last_insert_rowid();
-        tx.commit().map_err(err)?;
+        tx.commit().map_err(&err)?;
         Ok(AttemptId(id))
     }
 
@@ -929,15 +931,11 @@ impl Store {
         end: &AttemptEnd,
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
-        let err = |source| StoreError::Sql {
-            path: path.clone(),
-            context: "ending an attempt",
-            source,
-        };
+        let err = self.sql_detached("ending an attempt");
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
+            .map_err(&err)?;
         let job: i64 = tx
             .query_row(
                 "SELECT job FROM attempts WHERE id = ?1 AND ended_at IS NULL",
@@ -945,7 +943,7 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()
-            .map_err(err)?
+            .map_err(&err)?
             .ok_or_else(|| StoreError::AttemptNotOpen {
                 path: path.clone(),
                 attempt: attempt.0,
@@ -956,7 +954,7 @@ impl Store {
              WHERE id = ?1",
             params![attempt.0, t, end.class.as_str(), end.exit_code, end.error],
         )
-        .map_err(err)?;
+        .map_err(&err)?;
         let status = if end.class == ExitClass::Ok {
             JobStatus::Done
         } else {
@@ -966,8 +964,8 @@ impl Store {
             "UPDATE jobs SET status = ?2, updated_at = ?3 WHERE id = ?1",
             params![job, status.as_str(), t],
         )
-        .map_err(err)?;
-        tx.commit().map_err(err)
+        .map_err(&err)?;
+        tx.commit().map_err(&err)
     }
 
     /// Marks a job done whose result was made elsewhere (`ingest` of cluster results).

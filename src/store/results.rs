@@ -57,44 +57,40 @@ impl Store {
         mark_done: bool,
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
-        let err = |source| StoreError::Sql {
-            path: path.clone(),
-            context: "saving results",
-            source,
-        };
+        let err = self.sql_detached("saving results");
         let t = now();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
+            .map_err(&err)?;
         {
             let mut find = tx
                 .prepare("SELECT id FROM jobs WHERE sweep_id = ?1 AND job_key = ?2")
-                .map_err(err)?;
+                .map_err(&err)?;
             let mut case = tx
                 .prepare(
                     "INSERT OR REPLACE INTO case_metrics (job, case_id, dice, tp, fp, fn, hd95,
                                                         volume_true_ml, volume_pred_ml, stratum)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
-                .map_err(err)?;
+                .map_err(&err)?;
             let mut curve = tx
                 .prepare("INSERT OR REPLACE INTO curves (job, points) VALUES (?1, ?2)")
-                .map_err(err)?;
+                .map_err(&err)?;
             let mut count = tx
                 .prepare(
                     "INSERT OR REPLACE INTO param_counts (job, scope, total, trainable)
                      VALUES (?1, ?2, ?3, ?4)",
                 )
-                .map_err(err)?;
+                .map_err(&err)?;
             let mut done = tx
                 .prepare("UPDATE jobs SET status = 'done', updated_at = ?2 WHERE id = ?1 AND status <> 'done'")
-                .map_err(err)?;
+                .map_err(&err)?;
             for j in jobs {
                 let id: i64 = find
                     .query_row(params![sweep.0, j.key], |r| r.get(0))
                     .optional()
-                    .map_err(err)?
+                    .map_err(&err)?
                     .ok_or_else(|| StoreError::UnknownJob {
                         path: path.clone(),
                         sweep: sweep.0,
@@ -113,25 +109,25 @@ impl Store {
                         c.volume_pred_ml,
                         c.stratum,
                     ])
-                    .map_err(err)?;
+                    .map_err(&err)?;
                 }
                 // No points (an evaluation job) leaves any earlier curve, as before.
                 if !j.epochs.is_empty() {
                     curve
                         .execute(params![id, encode_curve(&j.epochs)])
-                        .map_err(err)?;
+                        .map_err(&err)?;
                 }
                 for c in &j.params {
                     count
                         .execute(params![id, c.scope, c.total as i64, c.trainable as i64])
-                        .map_err(err)?;
+                        .map_err(&err)?;
                 }
                 if mark_done {
-                    done.execute(params![id, t]).map_err(err)?;
+                    done.execute(params![id, t]).map_err(&err)?;
                 }
             }
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(&err)
     }
 }
 

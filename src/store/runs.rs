@@ -83,36 +83,32 @@ impl Store {
         jobs: &[CoveredJob],
     ) -> Result<RunId, StoreError> {
         let path = self.path.clone();
-        let err = |source| StoreError::Sql {
-            path: path.clone(),
-            context: "recording the run and its jobs",
-            source,
-        };
+        let err = self.sql_detached("recording the run and its jobs");
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
+            .map_err(&err)?;
         tx.execute(
             "INSERT INTO runs (sweep_id, started_at, code_version, host, pid)
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![sweep.0, now(), code_version, host, pid],
         )
-        .map_err(err)?;
+        .map_err(&err)?;
         let run = tx.last_insert_rowid();
         {
             let mut find = tx
                 .prepare("SELECT id FROM jobs WHERE sweep_id = ?1 AND job_key = ?2")
-                .map_err(err)?;
+                .map_err(&err)?;
             let mut insert = tx
                 .prepare(
                     "INSERT INTO run_jobs (run, job, cached, scheduled) VALUES (?1, ?2, ?3, ?4)",
                 )
-                .map_err(err)?;
+                .map_err(&err)?;
             for j in jobs {
                 let id: i64 = find
                     .query_row(params![sweep.0, j.key], |r| r.get(0))
                     .optional()
-                    .map_err(err)?
+                    .map_err(&err)?
                     .ok_or_else(|| StoreError::UnknownJob {
                         path: path.clone(),
                         sweep: sweep.0,
@@ -120,10 +116,10 @@ impl Store {
                     })?;
                 insert
                     .execute(params![run, id, j.cached, j.scheduled])
-                    .map_err(err)?;
+                    .map_err(&err)?;
             }
         }
-        tx.commit().map_err(err)?;
+        tx.commit().map_err(&err)?;
         Ok(RunId(run))
     }
 
