@@ -378,6 +378,22 @@ impl Store {
         }
     }
 
+    /// Runs a read query and collects its rows; every SQL error names `context`.
+    fn rows<T>(
+        &self,
+        context: &'static str,
+        sql: &str,
+        params: impl rusqlite::Params,
+        map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let err = self.sql(context);
+        let mut st = self.conn.prepare(sql).map_err(&err)?;
+        st.query_map(params, map)
+            .map_err(&err)?
+            .collect::<Result<_, _>>()
+            .map_err(&err)
+    }
+
     fn corrupt(&self, column: &'static str, value: &str) -> StoreError {
         StoreError::Corrupt {
             path: self.path.clone(),
@@ -521,15 +537,12 @@ impl Store {
     }
 
     pub fn environment(&self, run: RunId) -> Result<Vec<(String, String)>, StoreError> {
-        let err = self.sql("reading the environment");
-        let mut st = self
-            .conn
-            .prepare("SELECT key, value FROM environment WHERE run = ?1 ORDER BY key")
-            .map_err(&err)?;
-        st.query_map([run.0], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(&err)?
-            .collect::<Result<_, _>>()
-            .map_err(&err)
+        self.rows(
+            "reading the environment",
+            "SELECT key, value FROM environment WHERE run = ?1 ORDER BY key",
+            [run.0],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     /// Makes `cells` the sweep's active cells, in this order; cells of an earlier plan that are
@@ -576,18 +589,12 @@ impl Store {
 
     /// The sweep's active cell ids, in plan order.
     pub fn cell_ids(&self, sweep: SweepId) -> Result<Vec<CellId>, StoreError> {
-        let err = self.sql("reading the cells");
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT cell_id FROM cells WHERE sweep_id = ?1 AND active = 1 ORDER BY ordinal",
-            )
-            .map_err(&err)?;
-        let ids: Vec<String> = st
-            .query_map([sweep.0], |r| r.get(0))
-            .map_err(&err)?
-            .collect::<Result<_, _>>()
-            .map_err(&err)?;
+        let ids: Vec<String> = self.rows(
+            "reading the cells",
+            "SELECT cell_id FROM cells WHERE sweep_id = ?1 AND active = 1 ORDER BY ordinal",
+            [sweep.0],
+            |r| r.get(0),
+        )?;
         ids.iter()
             .map(|s| CellId::from_hex(s).ok_or_else(|| self.corrupt("cells.cell_id", s)))
             .collect()
@@ -996,20 +1003,13 @@ impl Store {
         alive: impl Fn(u32) -> bool,
     ) -> Result<Vec<String>, StoreError> {
         let open: Vec<(i64, Option<u32>, String)> = {
-            let err = self.sql("finding stale attempts");
-            let mut st = self
-                .conn
-                .prepare(
-                    "SELECT a.id, a.pid, j.job_key FROM attempts a JOIN jobs j ON j.id = a.job
+            self.rows(
+                "finding stale attempts",
+                "SELECT a.id, a.pid, j.job_key FROM attempts a JOIN jobs j ON j.id = a.job
                      WHERE j.sweep_id = ?1 AND a.host = ?2 AND a.ended_at IS NULL ORDER BY a.id",
-                )
-                .map_err(&err)?;
-            st.query_map(params![sweep.0, host], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .map_err(&err)?
-            .collect::<Result<_, _>>()
-            .map_err(&err)?
+                params![sweep.0, host],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?
         };
         let mut reclaimed = Vec::new();
         for (id, pid, key) in open {
@@ -1100,30 +1100,25 @@ impl Store {
 
     pub fn case_metrics(&self, sweep: SweepId, key: &str) -> Result<Vec<CaseMetric>, StoreError> {
         let job = self.job_row(sweep, key)?;
-        let err = self.sql("reading case metrics");
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT case_id, dice, tp, fp, fn, hd95, volume_true_ml, volume_pred_ml, stratum
+        self.rows(
+            "reading case metrics",
+            "SELECT case_id, dice, tp, fp, fn, hd95, volume_true_ml, volume_pred_ml, stratum
                  FROM case_metrics WHERE job = ?1 ORDER BY case_id",
-            )
-            .map_err(&err)?;
-        st.query_map([job], |r| {
-            Ok(CaseMetric {
-                case_id: r.get(0)?,
-                dice: r.get::<_, Option<f64>>(1)?.unwrap_or(f64::NAN),
-                tp: r.get::<_, i64>(2)? as u64,
-                fp: r.get::<_, i64>(3)? as u64,
-                fn_: r.get::<_, i64>(4)? as u64,
-                hd95: r.get::<_, Option<f64>>(5)?.unwrap_or(f64::NAN),
-                volume_true_ml: r.get(6)?,
-                volume_pred_ml: r.get(7)?,
-                stratum: r.get(8)?,
-            })
-        })
-        .map_err(&err)?
-        .collect::<Result<_, _>>()
-        .map_err(&err)
+            [job],
+            |r| {
+                Ok(CaseMetric {
+                    case_id: r.get(0)?,
+                    dice: r.get::<_, Option<f64>>(1)?.unwrap_or(f64::NAN),
+                    tp: r.get::<_, i64>(2)? as u64,
+                    fp: r.get::<_, i64>(3)? as u64,
+                    fn_: r.get::<_, i64>(4)? as u64,
+                    hd95: r.get::<_, Option<f64>>(5)?.unwrap_or(f64::NAN),
+                    volume_true_ml: r.get(6)?,
+                    volume_pred_ml: r.get(7)?,
+                    stratum: r.get(8)?,
+                })
+            },
+        )
     }
 
     /// The job's training curve ordered by step; empty when it has none.
@@ -1149,33 +1144,26 @@ impl Store {
 
     pub fn param_counts(&self, sweep: SweepId, key: &str) -> Result<Vec<ParamCount>, StoreError> {
         let job = self.job_row(sweep, key)?;
-        let err = self.sql("reading parameter counts");
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT scope, total, trainable FROM param_counts WHERE job = ?1 ORDER BY scope",
-            )
-            .map_err(&err)?;
-        st.query_map([job], |r| {
-            Ok(ParamCount {
-                scope: r.get(0)?,
-                total: r.get::<_, i64>(1)? as u64,
-                trainable: r.get::<_, i64>(2)? as u64,
-            })
-        })
-        .map_err(&err)?
-        .collect::<Result<_, _>>()
-        .map_err(&err)
+        self.rows(
+            "reading parameter counts",
+            "SELECT scope, total, trainable FROM param_counts WHERE job = ?1 ORDER BY scope",
+            [job],
+            |r| {
+                Ok(ParamCount {
+                    scope: r.get(0)?,
+                    total: r.get::<_, i64>(1)? as u64,
+                    trainable: r.get::<_, i64>(2)? as u64,
+                })
+            },
+        )
     }
 
     /// Per active cell, in plan order: how many of its active jobs (fine-tuning, or evaluation for
     /// `none`) are in each status.
     pub fn cell_status(&self, sweep: SweepId) -> Result<Vec<CellStatus>, StoreError> {
-        let err = self.sql("reading cell status");
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT c.cell_id, c.label, COUNT(j.id),
+        let raws: Vec<(String, String, i64, i64, i64, i64, i64)> = self.rows(
+            "reading cell status",
+            "SELECT c.cell_id, c.label, COUNT(j.id),
                         COALESCE(SUM(j.status = 'done'), 0),
                         COALESCE(SUM(j.status = 'failed'), 0),
                         COALESCE(SUM(j.status = 'running'), 0),
@@ -1186,10 +1174,8 @@ impl Store {
                  WHERE c.sweep_id = ?1 AND c.active = 1
                  GROUP BY c.cell_id
                  ORDER BY c.ordinal",
-            )
-            .map_err(&err)?;
-        let raws: Vec<(String, String, i64, i64, i64, i64, i64)> = st
-            .query_map([sweep.0], |r| {
+            [sweep.0],
+            |r| {
                 Ok((
                     r.get(0)?,
                     r.get(1)?,
@@ -1199,10 +1185,8 @@ impl Store {
                     r.get(5)?,
                     r.get(6)?,
                 ))
-            })
-            .map_err(&err)?
-            .collect::<Result<_, _>>()
-            .map_err(&err)?;
+            },
+        )?;
         raws.into_iter()
             .map(|(id, label, jobs, done, failed, running, pending)| {
                 Ok(CellStatus {
@@ -1221,19 +1205,13 @@ impl Store {
 
     /// The sweep's active jobs by status.
     pub fn status_counts(&self, sweep: SweepId) -> Result<StatusCounts, StoreError> {
-        let err = self.sql("counting jobs");
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT status, COUNT(*) FROM jobs WHERE sweep_id = ?1 AND active = 1
+        let rows: Vec<(String, i64)> = self.rows(
+            "counting jobs",
+            "SELECT status, COUNT(*) FROM jobs WHERE sweep_id = ?1 AND active = 1
                  GROUP BY status",
-            )
-            .map_err(&err)?;
-        let rows: Vec<(String, i64)> = st
-            .query_map([sweep.0], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(&err)?
-            .collect::<Result<_, _>>()
-            .map_err(&err)?;
+            [sweep.0],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         let mut c = StatusCounts::default();
         for (s, n) in rows {
             let n = n as usize;

@@ -37,15 +37,13 @@ pub struct JobRows {
 impl Store {
     /// The keys of every job the sweep has (active or not).
     pub fn job_keys(&self, sweep: SweepId) -> Result<HashSet<String>, StoreError> {
-        let err = self.sql("reading job keys");
-        let mut st = self
-            .conn
-            .prepare("SELECT job_key FROM jobs WHERE sweep_id = ?1")
-            .map_err(&err)?;
-        st.query_map([sweep.0], |r| r.get(0))
-            .map_err(&err)?
-            .collect::<Result<_, _>>()
-            .map_err(&err)
+        self.rows(
+            "reading job keys",
+            "SELECT job_key FROM jobs WHERE sweep_id = ?1",
+            [sweep.0],
+            |r| r.get(0),
+        )
+        .map(|keys| keys.into_iter().collect())
     }
 
     /// Records the rows of `jobs` in one transaction and, with `mark_done`, sets them done. A

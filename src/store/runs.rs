@@ -125,30 +125,22 @@ impl Store {
 
     /// The names of all sweeps in the database, sorted.
     pub fn sweep_names(&self) -> Result<Vec<String>, StoreError> {
-        let err = self.sql("listing the sweeps");
-        let mut st = self
-            .conn
-            .prepare("SELECT name FROM sweeps ORDER BY name")
-            .map_err(&err)?;
-        st.query_map([], |r| r.get(0))
-            .map_err(&err)?
-            .collect::<Result<_, _>>()
-            .map_err(&err)
+        self.rows(
+            "listing the sweeps",
+            "SELECT name FROM sweeps ORDER BY name",
+            [],
+            |r| r.get(0),
+        )
     }
 
     /// The sweep's runs, oldest first.
     pub fn runs(&self, sweep: SweepId) -> Result<Vec<RunRecord>, StoreError> {
-        let err = self.sql("listing the runs");
-        let mut st = self
-            .conn
-            .prepare(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs r WHERE r.sweep_id = ?1 ORDER BY r.id"
-            ))
-            .map_err(&err)?;
-        st.query_map([sweep.0], run_record)
-            .map_err(&err)?
-            .collect::<Result<_, _>>()
-            .map_err(&err)
+        self.rows(
+            "listing the runs",
+            &format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.sweep_id = ?1 ORDER BY r.id"),
+            [sweep.0],
+            run_record,
+        )
     }
 
     /// One run (of any sweep).
@@ -165,25 +157,17 @@ impl Store {
 
     /// The jobs a run covered, in plan order, with how each ended in that run.
     pub fn run_jobs(&self, run: RunId) -> Result<Vec<RunJob>, StoreError> {
-        let err = self.sql("reading the jobs of a run");
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT j.job_key, x.cached, x.scheduled,
+        let raws: Vec<(String, bool, bool, Option<String>)> = self.rows(
+            "reading the jobs of a run",
+            "SELECT j.job_key, x.cached, x.scheduled,
                         (SELECT a.exit_class FROM attempts a
                          WHERE a.job = x.job AND a.run = x.run AND a.exit_class IS NOT NULL
                          ORDER BY a.number DESC LIMIT 1)
                  FROM run_jobs x JOIN jobs j ON j.id = x.job
                  WHERE x.run = ?1 ORDER BY j.id",
-            )
-            .map_err(&err)?;
-        let raws: Vec<(String, bool, bool, Option<String>)> = st
-            .query_map([run.0], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .map_err(&err)?
-            .collect::<Result<_, _>>()
-            .map_err(&err)?;
+            [run.0],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
         raws.into_iter()
             .map(|(key, cached, scheduled, class)| {
                 let outcome = match class {
