@@ -1248,10 +1248,10 @@ grid:
         (dir, path)
     }
 
-    /// The pretrain job plus one fine-tuning job per cell × fold, keyed by hand.
-    fn plan(cells: &[Cell]) -> Vec<NewJob> {
-        let mut jobs = vec![NewJob {
-            key: "pre".into(),
+    /// A bare pre-training job keyed `key` (also used by the `runs` tests).
+    pub(super) fn pretrain_job(key: &str) -> NewJob {
+        NewJob {
+            key: key.into(),
             cell: None,
             stage: Stage::Pretrain,
             kind: None,
@@ -1263,7 +1263,12 @@ grid:
             view: View::Axial,
             config_json: "{}".into(),
             needs: vec![],
-        }];
+        }
+    }
+
+    /// The pretrain job plus one fine-tuning job per cell × fold, keyed by hand.
+    fn plan(cells: &[Cell]) -> Vec<NewJob> {
+        let mut jobs = vec![pretrain_job("pre")];
         for c in cells {
             for fold in 0..2 {
                 let a = &c.adaptation;

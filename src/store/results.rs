@@ -176,7 +176,6 @@ pub(super) fn decode_curve(text: &str) -> Result<Vec<EpochPoint>, String> {
 
 #[cfg(test)]
 mod tests {
-    use rusqlite::Connection;
 
     use super::*;
     use crate::store::schema;
@@ -250,12 +249,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");
         {
-            let c = Connection::open(&path).unwrap();
-            c.execute_batch(schema::MIGRATIONS[0]).unwrap();
-            c.execute_batch(schema::MIGRATIONS[1]).unwrap();
+            let c = schema::database_at_version(&path, 2);
             c.execute_batch(
-                "PRAGMA user_version = 2;
-                 INSERT INTO sweeps (name, spec_path, spec_text, created_at, updated_at)
+                "INSERT INTO sweeps (name, spec_path, spec_text, created_at, updated_at)
                     VALUES ('s', 's.yaml', '', 't', 't');
                  INSERT INTO jobs (sweep_id, job_key, stage, seed, view, config_json,
                                    created_at, updated_at)

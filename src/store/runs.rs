@@ -192,28 +192,10 @@ impl Store {
 mod tests {
     use std::path::Path;
 
-    use rusqlite::Connection;
-
     use super::*;
-    use crate::data::preprocess::View;
-    use crate::store::{AttemptEnd, AttemptStart, NewJob, Stage, schema};
+    use crate::store::{AttemptEnd, AttemptStart, schema};
 
-    fn job(key: &str) -> NewJob {
-        NewJob {
-            key: key.into(),
-            cell: None,
-            stage: Stage::Pretrain,
-            kind: None,
-            selector: None,
-            rank: None,
-            alpha: None,
-            fold: None,
-            seed: 0,
-            view: View::Axial,
-            config_json: "{}".into(),
-            needs: vec![],
-        }
-    }
+    use crate::store::tests::pretrain_job as job;
 
     fn covered(key: &str, cached: bool, scheduled: bool) -> CoveredJob {
         CoveredJob {
@@ -349,11 +331,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");
         {
-            let c = Connection::open(&path).unwrap();
-            c.execute_batch(schema::MIGRATIONS[0]).unwrap();
+            let c = schema::database_at_version(&path, 1);
             c.execute_batch(
-                "PRAGMA user_version = 1;
-                 INSERT INTO sweeps (name, spec_path, spec_text, created_at, updated_at)
+                "INSERT INTO sweeps (name, spec_path, spec_text, created_at, updated_at)
                     VALUES ('s', 's.yaml', '', 't', 't');
                  INSERT INTO runs (sweep_id, started_at, ended_at, code_version, host, pid,
                                    exit_code)

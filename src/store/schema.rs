@@ -175,3 +175,16 @@ DROP TABLE epochs;
 
 /// The schema version this build writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// A new database at `path` at schema `version`: its migrations applied, the newer ones not.
+/// For migration tests.
+#[cfg(test)]
+pub(crate) fn database_at_version(path: &std::path::Path, version: usize) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(path).unwrap();
+    for m in &MIGRATIONS[..version] {
+        c.execute_batch(m).unwrap();
+    }
+    c.pragma_update(None, "user_version", version as i64)
+        .unwrap();
+    c
+}
