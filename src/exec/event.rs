@@ -78,6 +78,10 @@ pub enum JobStatus {
     Blocked { by: String },
     /// The run was cancelled before it started.
     NotRun,
+    /// Another run of the same jobs has it: `done` when that run finished it already (its
+    /// dependents may run here), otherwise it holds the job's lease (and its dependents are
+    /// left to it too). Not a failure of this run.
+    Elsewhere { detail: String, done: bool },
 }
 
 impl JobStatus {
@@ -89,6 +93,11 @@ impl JobStatus {
                 ..
             }
         )
+    }
+
+    /// Its result exists: finished `ok` here, or done by another run.
+    pub fn is_done(&self) -> bool {
+        self.is_ok() || matches!(self, JobStatus::Elsewhere { done: true, .. })
     }
 }
 
@@ -205,9 +214,23 @@ impl RunSummary {
             .count()
     }
 
+    /// Jobs another run finished or holds.
+    pub fn elsewhere(&self) -> usize {
+        self.jobs
+            .values()
+            .filter(|s| matches!(s, JobStatus::Elsewhere { .. }))
+            .count()
+    }
+
     /// Every job finished `ok`.
     pub fn all_ok(&self) -> bool {
         self.ok() == self.jobs.len()
+    }
+
+    /// Every job finished `ok` here or is another run's (done or held by it): nothing failed,
+    /// nothing was blocked or left out.
+    pub fn nothing_wrong(&self) -> bool {
+        self.ok() + self.elsewhere() == self.jobs.len()
     }
 
     pub fn status(&self, job: &str) -> Option<&JobStatus> {

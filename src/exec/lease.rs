@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::error::ExecError;
 
 /// The lease file's name inside a job's folder.
-pub const LEASE_FILE: &str = "lease.json";
+pub use crate::train::files::LEASE_FILE;
 
 /// Who runs a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

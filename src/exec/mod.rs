@@ -46,5 +46,7 @@ pub use error::ExecError;
 pub use event::{CancelReason, JobStatus, Progress, RunSummary, SweepEvent};
 pub use lease::{Lease, LeaseState, reclaim_stale};
 pub use reporter::Reporter;
-pub use scheduler::{ExecJob, RESULT_FILE, RunConfig, WorkerCommand, read_jobs, run, run_blocking};
+pub use scheduler::{
+    ExecJob, RESULT_FILE, RunConfig, StartCheck, WorkerCommand, read_jobs, run, run_blocking,
+};
 pub use signal::Cancel;

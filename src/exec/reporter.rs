@@ -205,6 +205,7 @@ impl Reporter {
                     JobStatus::Finished { class, .. } => class.to_string(),
                     JobStatus::Blocked { by } => format!("blocked (by {by})"),
                     JobStatus::NotRun => "not run".into(),
+                    JobStatus::Elsewhere { detail, .. } => format!("elsewhere ({detail})"),
                 };
                 match &mut self.out {
                     Output::Bars { multi, overall, .. } => {

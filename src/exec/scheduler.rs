@@ -23,7 +23,7 @@ use super::signal::{Cancel, spawn_signal_handler};
 use super::supervise::{AttemptReport, Limits, run_attempt};
 
 /// The file a worker writes last, by atomic rename, when (and only when) it succeeds.
-pub const RESULT_FILE: &str = "result.json";
+pub use crate::train::files::RESULT_FILE;
 
 /// One job as the scheduler sees it: no planner types, only what it takes to run and order it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +91,17 @@ impl WorkerCommand {
     }
 }
 
+/// Asked before each job starts: `Some(why)` when another run has finished the job meanwhile
+/// (two `run`s of one sweep), so it is not started again here.
+#[derive(Clone)]
+pub struct StartCheck(pub std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>);
+
+impl std::fmt::Debug for StartCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StartCheck")
+    }
+}
+
 /// Everything [`run`] needs besides the jobs.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -109,6 +120,8 @@ pub struct RunConfig {
     /// Install the Ctrl-C handler for the run's duration (the CLI does; tests and embedders
     /// that handle signals themselves do not).
     pub handle_signals: bool,
+    /// Whether a job is already done elsewhere, asked before it starts (none: never).
+    pub start_check: Option<StartCheck>,
 }
 
 impl RunConfig {
@@ -123,6 +136,7 @@ impl RunConfig {
             grace: Duration::from_secs(10),
             cancel: Cancel::new(),
             handle_signals: false,
+            start_check: None,
         }
     }
 }
@@ -212,13 +226,19 @@ pub async fn run(
                 let ready = job
                     .deps
                     .iter()
-                    .all(|d| matches!(&states[index[d.as_str()]], State::Done(s) if s.is_ok()));
+                    .all(|d| matches!(&states[index[d.as_str()]], State::Done(s) if s.is_done()));
                 if !ready {
                     continue;
                 }
                 let Some(slot) = pool.lease(&job.id, job.needs_gpu) else {
                     continue;
                 };
+                if let Some(why) = config.start_check.as_ref().and_then(|c| (c.0)(&job.id)) {
+                    pool.release(slot.index, &job.id);
+                    let status = JobStatus::Elsewhere { detail: why, done: true };
+                    finish(&mut states, i, status, &jobs, &send);
+                    continue;
+                }
                 states[i] = State::Running;
                 attempts += 1;
                 let (job_c, slot_c, worker) = (job.clone(), slot.clone(), config.worker.clone());
@@ -263,12 +283,31 @@ pub async fn run(
                                 signal: None,
                                 started: now,
                                 ended: now,
+                                held: None,
                             },
                         }
                     }
                 };
                 let job = &jobs[finished.job];
                 pool.release(finished.slot.index, &job.id);
+                if let Some(held) = &finished.report.held {
+                    // Another run's job: nothing started, nothing to record or retry here.
+                    attempts -= 1;
+                    let detail = format!(
+                        "leased by the run of pid {} on host {}",
+                        held.owner_pid, held.host
+                    );
+                    let status = JobStatus::Elsewhere { detail: detail.clone(), done: false };
+                    finish(&mut states, finished.job, status, &jobs, &send);
+                    let by = job.id.clone();
+                    mark_dependents(finished.job, &dependents, &mut states, &jobs, &send, |_| {
+                        JobStatus::Elsewhere {
+                            detail: format!("needs {by}, {detail}"),
+                            done: false,
+                        }
+                    });
+                    continue;
+                }
                 let class = finished.report.class;
                 let retry = is_retryable(class)
                     && finished.attempt <= config.retries
@@ -420,11 +459,25 @@ fn block_dependents(
     jobs: &[ExecJob],
     send: &impl Fn(SweepEvent),
 ) {
-    let mut stack = dependents[failed].clone();
+    let by = jobs[failed].id.clone();
+    mark_dependents(failed, dependents, states, jobs, send, |_| {
+        JobStatus::Blocked { by: by.clone() }
+    });
+}
+
+/// Gives every job that transitively depends on `root` (and has not started) `status(job)`.
+fn mark_dependents(
+    root: usize,
+    dependents: &[Vec<usize>],
+    states: &mut [State],
+    jobs: &[ExecJob],
+    send: &impl Fn(SweepEvent),
+    status: impl Fn(usize) -> JobStatus,
+) {
+    let mut stack = dependents[root].clone();
     while let Some(d) = stack.pop() {
         if matches!(states[d], State::Pending { .. }) {
-            let by = jobs[failed].id.clone();
-            finish(states, d, JobStatus::Blocked { by }, jobs, send);
+            finish(states, d, status(d), jobs, send);
             stack.extend(&dependents[d]);
         }
     }

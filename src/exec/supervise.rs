@@ -41,6 +41,9 @@ pub(crate) struct AttemptReport {
     pub signal: Option<i32>,
     pub started: SystemTime,
     pub ended: SystemTime,
+    /// Set when the job's lease is held by another live orchestrator: nothing was started,
+    /// and the job is that run's, not a failure of this one.
+    pub held: Option<Lease>,
 }
 
 impl AttemptReport {
@@ -52,16 +55,14 @@ impl AttemptReport {
             signal: None,
             started,
             ended: SystemTime::now(),
+            held: None,
         }
     }
 }
 
 /// The stdout log of an attempt; its stderr goes to the same name with `.stderr.log`.
 pub(crate) fn log_paths(dir: &Path, attempt: u32) -> (PathBuf, PathBuf) {
-    (
-        dir.join(format!("attempt-{attempt}.log")),
-        dir.join(format!("attempt-{attempt}.stderr.log")),
-    )
+    crate::train::files::attempt_logs(dir, attempt)
 }
 
 /// Runs one attempt to its end. Never fails: anything that goes wrong is the attempt's class.
@@ -82,7 +83,9 @@ pub(crate) async fn run_attempt(
                 "job is leased by pid {} on host {} (attempt {})",
                 held.owner_pid, held.host, held.attempt
             );
-            return AttemptReport::not_started(started, why);
+            let mut report = AttemptReport::not_started(started, why);
+            report.held = Some(held);
+            return report;
         }
         Err(e) => return AttemptReport::not_started(started, e.to_string()),
     }
@@ -103,17 +106,24 @@ pub(crate) async fn run_attempt(
     report
 }
 
-/// Creates the job folder, sets aside a `result.json` from an earlier run (it would make a
-/// crashed attempt look finished) and takes the lease.
+/// Creates the job folder, takes the lease and then sets aside a `result.json` from an
+/// earlier run (it would make a crashed attempt look finished). The lease comes first: a
+/// job another run holds keeps its folder untouched.
 fn prepare(job: &ExecJob, attempt: u32) -> Result<Result<(), Lease>, super::ExecError> {
     use super::ExecError;
     fs::create_dir_all(&job.dir).map_err(ExecError::io(&job.dir))?;
+    if let Err(held) = lease::acquire(&job.dir, &Lease::new_owned(&job.id, attempt))? {
+        return Ok(Err(held));
+    }
     let result = job.dir.join(RESULT_FILE);
     if result.exists() {
-        let aside = job.dir.join(format!("{RESULT_FILE}.prev"));
-        fs::rename(&result, &aside).map_err(ExecError::io(&result))?;
+        let aside = job.dir.join(crate::train::files::RESULT_ASIDE);
+        if let Err(e) = fs::rename(&result, &aside) {
+            let _ = lease::release(&job.dir);
+            return Err(ExecError::io(&result)(e));
+        }
     }
-    lease::acquire(&job.dir, &Lease::new_owned(&job.id, attempt))
+    Ok(Ok(()))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -295,6 +305,7 @@ async fn supervise(
         signal,
         started,
         ended,
+        held: None,
     }
 }
 

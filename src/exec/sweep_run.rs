@@ -401,7 +401,7 @@ pub fn prepare_sweep(spec: &Path, results: &Path, db: &Path) -> anyhow::Result<P
 pub fn write_job_file(j: &PlannedJob) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&j.config.output)
         .with_context(|| format!("cannot create {}", j.config.output.display()))?;
-    let job_file = j.config.output.join("job.json");
+    let job_file = j.config.output.join(crate::train::files::JOB_FILE);
     crate::model::checkpoint::write_atomic(
         &job_file,
         serde_json::to_string_pretty(&j.config)?.as_bytes(),

@@ -14,9 +14,11 @@
 
 pub mod history;
 pub mod results;
+pub mod reuse;
 mod runs;
 pub mod schema;
 
+pub use reuse::{DoneElsewhere, job_done};
 pub use runs::{CoveredJob, RunJob, RunRecord};
 
 use std::path::{Path, PathBuf};
@@ -871,6 +873,18 @@ impl Store {
             })
     }
 
+    /// The row whose results stand for the job: its own, or the job it reuses (`result_of`).
+    fn result_row(&self, sweep: SweepId, key: &str) -> Result<i64, StoreError> {
+        let job = self.job_row(sweep, key)?;
+        self.conn
+            .query_row(
+                "SELECT COALESCE(result_of, id) FROM jobs WHERE id = ?1",
+                [job],
+                |r| r.get(0),
+            )
+            .map_err(self.sql("looking up a job's results"))
+    }
+
     /// Leases the job: marks it running and opens attempt `attempts + 1`. Refuses a job that
     /// is already running.
     pub fn record_attempt_start(
@@ -1099,7 +1113,7 @@ impl Store {
     }
 
     pub fn case_metrics(&self, sweep: SweepId, key: &str) -> Result<Vec<CaseMetric>, StoreError> {
-        let job = self.job_row(sweep, key)?;
+        let job = self.result_row(sweep, key)?;
         self.rows(
             "reading case metrics",
             "SELECT case_id, dice, tp, fp, fn, hd95, volume_true_ml, volume_pred_ml, stratum
@@ -1123,7 +1137,7 @@ impl Store {
 
     /// The job's training curve ordered by step; empty when it has none.
     pub fn epochs(&self, sweep: SweepId, key: &str) -> Result<Vec<EpochPoint>, StoreError> {
-        let job = self.job_row(sweep, key)?;
+        let job = self.result_row(sweep, key)?;
         let err = self.sql("reading the training curve");
         let text: Option<String> = self
             .conn
@@ -1143,7 +1157,7 @@ impl Store {
     }
 
     pub fn param_counts(&self, sweep: SweepId, key: &str) -> Result<Vec<ParamCount>, StoreError> {
-        let job = self.job_row(sweep, key)?;
+        let job = self.result_row(sweep, key)?;
         self.rows(
             "reading parameter counts",
             "SELECT scope, total, trainable FROM param_counts WHERE job = ?1 ORDER BY scope",

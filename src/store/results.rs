@@ -62,8 +62,12 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
         {
+            // A reused job's rows are those of the job it links to (`result_of`).
             let mut find = tx
-                .prepare("SELECT id FROM jobs WHERE sweep_id = ?1 AND job_key = ?2")
+                .prepare(
+                    "SELECT id, COALESCE(result_of, id) FROM jobs
+                     WHERE sweep_id = ?1 AND job_key = ?2",
+                )
                 .map_err(&err)?;
             let mut case = tx
                 .prepare(
@@ -85,8 +89,8 @@ impl Store {
                 .prepare("UPDATE jobs SET status = 'done', updated_at = ?2 WHERE id = ?1 AND status <> 'done'")
                 .map_err(&err)?;
             for j in jobs {
-                let id: i64 = find
-                    .query_row(params![sweep.0, j.key], |r| r.get(0))
+                let (job, id): (i64, i64) = find
+                    .query_row(params![sweep.0, j.key], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()
                     .map_err(&err)?
                     .ok_or_else(|| StoreError::UnknownJob {
@@ -121,7 +125,7 @@ impl Store {
                         .map_err(&err)?;
                 }
                 if mark_done {
-                    done.execute(params![id, t]).map_err(&err)?;
+                    done.execute(params![job, t]).map_err(&err)?;
                 }
             }
         }

@@ -171,6 +171,13 @@ SELECT job,
 FROM epochs GROUP BY job;
 DROP TABLE epochs;
 "#,
+    // 4: a job already done in another sweep of the database is reused, not rerun (#12).
+    r#"
+-- The job whose result rows (case metrics, curve, parameter counts) stand for this one: the
+-- same key done in another sweep. Linked, not copied; NULL for a job with its own results.
+-- (A run whose process died is ended by a later run: `ended_at` set, `exit_code` NULL.)
+ALTER TABLE jobs ADD COLUMN result_of INTEGER REFERENCES jobs(id);
+"#,
 ];
 
 /// The schema version this build writes.

@@ -161,7 +161,7 @@ pub fn plan(spec: &Spec, fp: &Fingerprints, results: &Path) -> Plan {
             config.output = jobs_dir.join(&key);
             let base_file = config
                 .output
-                .join(format!("base-{}.safetensors", view.name()));
+                .join(crate::train::files::base_checkpoint(view));
             bases.insert((seed, view), (key.clone(), base_file));
             jobs.push(PlannedJob {
                 key,

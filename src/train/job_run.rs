@@ -49,12 +49,7 @@ use crate::metrics::{CaseMetrics, Confusion, Evaluation, NamedCase, mean_sd};
 use crate::model::checkpoint::{file_sha256, load_base, save_adapter, save_base, write_atomic};
 use crate::model::{AdaptationSpec, Selector, Unet2d};
 
-/// The file written last, on success only.
-pub const RESULT_FILE: &str = "result.json";
-/// One row per test case.
-pub const METRICS_FILE: &str = "metrics.csv";
-/// Predicted masks, `<case>.nii.gz`.
-pub const PRED_DIR: &str = "pred";
+pub use super::files::{METRICS_FILE, PRED_DIR, RESULT_FILE};
 
 /// Which cases a job used.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -542,8 +537,8 @@ impl<'a> Runner<'a> {
         };
         // Checkpoint names carry the view, so several views share one folder.
         let (name, what) = match job.stage {
-            Stage::Pretrain => (format!("base-{view}.safetensors"), "base"),
-            _ => (format!("adapter-{view}.safetensors"), "adapter"),
+            Stage::Pretrain => (super::files::base_checkpoint(view), "base"),
+            _ => (super::files::adapter_checkpoint(view), "adapter"),
         };
         let path = job.output.join(&name);
         if what == "base" {

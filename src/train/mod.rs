@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod fault;
+pub mod files;
 pub mod job;
 pub mod job_run;
 pub mod predict;
