@@ -8,7 +8,7 @@ use clap::Args;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
 use crate::exec::estimate::{Estimate, estimate, format_seconds};
-use crate::exec::sweep_run::{fingerprints, reasons};
+use crate::exec::sweep_run::{Decision, Reason, fingerprints, reasons};
 use crate::sweep::plan::{Fingerprints, plan, totals};
 
 #[derive(Args, Debug)]
@@ -19,7 +19,8 @@ pub struct PlanArgs {
     #[arg(long)]
     pub json: bool,
     /// List every job with the reason it would run (new, config-changed, code-changed,
-    /// data-changed, needs-changed, pending, failed-before) or not (done).
+    /// data-changed, needs-changed, pending, failed-before) or not (done, with the sweep and
+    /// run for a job done in another sweep; blocked, with the dependency and its class).
     #[arg(long)]
     pub explain: bool,
     #[command(flatten)]
@@ -53,11 +54,17 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         None => plan
             .jobs
             .iter()
-            .map(|j| (j.key.clone(), crate::exec::sweep_run::Reason::New, true))
+            .map(|j| Decision {
+                key: j.key.clone(),
+                reason: Reason::New,
+                runs: true,
+                blocked_by: None,
+                done_in: None,
+            })
             .collect(),
     };
     let totals = totals(&plan);
-    let runs: Vec<bool> = why.iter().map(|(_, _, r)| *r).collect();
+    let runs: Vec<bool> = why.iter().map(|d| d.runs).collect();
     let history = match &store {
         Some(s) => s.finished_attempts()?,
         None => Vec::new(),
@@ -68,9 +75,10 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
             .jobs
             .iter()
             .zip(&why)
-            .map(|(j, (_, reason, runs))| {
+            .map(|(j, d)| {
                 serde_json::json!({"key": j.key, "label": j.label, "stage": j.stage, "needs": j.needs,
-                                   "reason": reason, "runs": runs, "config": j.config})
+                                   "reason": d.reason, "runs": d.runs, "blocked_by": d.blocked_by,
+                                   "done_in": d.done_in, "config": j.config})
             })
             .collect();
         let out = serde_json::json!({"sweep": plan.sweep, "fingerprints": plan.fingerprints,
@@ -95,19 +103,32 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         t.add_row(vec![k.clone(), n.to_string()]);
     }
     println!("{t}");
-    let runs = why.iter().filter(|(_, _, r)| *r).count();
-    println!("{runs} would run, {} already done", why.len() - runs);
+    let count = |r: Reason| why.iter().filter(|d| !d.runs && d.reason == r).count();
+    let runs = why.iter().filter(|d| d.runs).count();
+    let (done, failed, blocked) = (
+        count(Reason::Done),
+        count(Reason::FailedBefore),
+        count(Reason::Blocked),
+    );
+    let mut line = format!("{runs} would run, {done} already done");
+    if failed > 0 {
+        line += &format!(", {failed} failed before (run again with `run --rerun-failed`)");
+    }
+    if blocked > 0 {
+        line += &format!(", {blocked} blocked by a failed dependency");
+    }
+    println!("{line}");
     print_estimate(&estimate);
     if args.explain {
         let mut t = Table::new();
         t.load_preset(UTF8_FULL_CONDENSED);
         t.set_header(["job", "label", "needs", "reason"]);
-        for (j, (_, reason, _)) in plan.jobs.iter().zip(&why) {
+        for (j, d) in plan.jobs.iter().zip(&why) {
             t.add_row(vec![
                 j.key.clone(),
                 j.label.clone(),
                 j.needs.join(","),
-                reason.name().to_string(),
+                d.explain(),
             ]);
         }
         println!("{t}");

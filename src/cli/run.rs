@@ -52,8 +52,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let outcome = run_sweep(&opts)?;
     let Some(summary) = &outcome.summary else {
         println!(
-            "{}: {} jobs planned, {} already done (dry run: nothing ran)",
-            outcome.sweep, outcome.planned, outcome.cached
+            "{}: {} jobs planned, {} already done, {} blocked (dry run: nothing ran)",
+            outcome.sweep,
+            outcome.planned,
+            outcome.cached,
+            outcome.blocked.len()
         );
         return Ok(ExitCode::SUCCESS);
     };
@@ -64,11 +67,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let paths =
         crate::report::write_report(&input, &out, &formats, &crate::metrics::Strata::default())?;
     print!("{}", crate::report::terminal_table(&paths.table));
+    let elsewhere = match summary.elsewhere() {
+        0 => String::new(),
+        n => format!(", {n} done or held by another run"),
+    };
     println!(
-        "{}: {} jobs planned, {} already done, {} ran ({} ok, {} failed, {} blocked) in {:.0?}",
+        "{}: {} jobs planned, {} already done, {} blocked by a failed dependency, {} ran ({} ok, {} failed, {} blocked{elsewhere}) in {:.0?}",
         outcome.sweep,
         outcome.planned,
         outcome.cached,
+        outcome.blocked.len(),
         summary.jobs.len(),
         summary.ok(),
         summary.failed(),
@@ -76,9 +84,5 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         summary.elapsed
     );
     println!("report: {}", paths.dir.join("index.html").display());
-    Ok(if summary.all_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(ExitCode::from(outcome.exit_code))
 }

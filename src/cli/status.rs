@@ -51,6 +51,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             )
         })
         .collect();
+    let blocked = crate::exec::sweep_run::blocked_in_store(&store, sweep)?;
     let slurm = slurm_views(&args.store.results, &name)?;
     if args.json {
         let cells: Vec<serde_json::Value> = cells
@@ -63,12 +64,16 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|(k, c, e)| serde_json::json!({"job": k, "class": c, "error": e}))
             .collect();
+        let blocked: Vec<_> = blocked
+            .iter()
+            .map(|(k, b)| serde_json::json!({"job": k, "blocked_by": b}))
+            .collect();
         println!(
             "{}",
             serde_json::to_string_pretty(
                 &serde_json::json!({"sweep": name, "pending": counts.pending,
                 "running": counts.running, "done": counts.done, "failed": counts.failed,
-                "cells": cells, "failures": failures, "runs": runs_json(&runs),
+                "cells": cells, "failures": failures, "blocked": blocked, "runs": runs_json(&runs),
                 "slurm": slurm.as_ref().map(|(views, source)| serde_json::json!({"source": source, "tasks": views}))})
             )?
         );
@@ -91,11 +96,21 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         println!("{t}");
         println!(
-            "{name}: {} done, {} running, {} pending, {} failed",
-            counts.done, counts.running, counts.pending, counts.failed
+            "{name}: {} done, {} running, {} pending ({} blocked), {} failed",
+            counts.done,
+            counts.running,
+            counts.pending,
+            blocked.len(),
+            counts.failed
         );
         for (k, c, e) in &failures {
             println!("failed {k} ({c}): {e}");
+        }
+        for (k, b) in &blocked {
+            println!(
+                "blocked {k}: needs {} ({}), which is {}",
+                b.job, b.label, b.class
+            );
         }
         if let Some((views, _)) = &slurm {
             print_slurm(views);
@@ -105,7 +120,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let slurm_problems = slurm
         .as_ref()
         .is_some_and(|(views, _)| views.iter().any(|v| v.verdict.is_problem()));
-    Ok(if counts.failed > 0 || slurm_problems {
+    Ok(if counts.failed > 0 || !blocked.is_empty() || slurm_problems {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -178,7 +193,8 @@ fn runs_json(runs: &[crate::store::RunRecord]) -> Vec<serde_json::Value> {
         .map(|r| {
             serde_json::json!({"run": r.id.0, "started_at": r.started_at, "ended_at": r.ended_at,
                                "code_version": r.code_version, "host": r.host,
-                               "exit_code": r.exit_code, "jobs": r.jobs, "cached": r.cached})
+                               "exit_code": r.exit_code, "jobs": r.jobs, "cached": r.cached,
+                               "killed": r.ended_at.is_some() && r.exit_code.is_none()})
         })
         .collect()
 }
@@ -192,7 +208,9 @@ fn print_runs(name: &str, runs: &[crate::store::RunRecord]) {
     for r in runs {
         let exit = match (&r.ended_at, r.exit_code) {
             (Some(_), Some(c)) => format!("exit {c}"),
-            _ => "not ended".into(),
+            // Ended by a later run that found its process gone.
+            (Some(_), None) => "killed".into(),
+            (None, _) => "not ended".into(),
         };
         println!(
             "  {:>4}  {}  {}  {} jobs ({} cached)  code {}",

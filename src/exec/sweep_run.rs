@@ -22,6 +22,7 @@ use crate::store::{
 };
 use crate::sweep::plan::{Fingerprints, Plan, PlannedJob, canonical_config, plan};
 use crate::sweep::{Spec, load};
+use crate::train::files::RESULT_FILE;
 use crate::train::job::Stage;
 
 /// How long a rerun waits for the workers of a killed run to stop (they were sent SIGTERM and
@@ -64,7 +65,11 @@ pub enum Reason {
     Pending,
     /// Failed before; runs only with `--rerun-failed`.
     FailedBefore,
-    /// Done: its result is in the database.
+    /// A job it needs is not done and does not run now (it failed before, or is itself
+    /// blocked): never started on a missing dependency.
+    Blocked,
+    /// Done: its result is in the database (in this sweep, or under the same key in another
+    /// sweep, whose result is reused).
     Done,
 }
 
@@ -79,6 +84,7 @@ impl Reason {
             Reason::NeedsChanged => "needs-changed",
             Reason::Pending => "pending",
             Reason::FailedBefore => "failed-before",
+            Reason::Blocked => "blocked",
             Reason::Done => "done",
         }
     }
@@ -122,11 +128,20 @@ pub fn fingerprints(spec: &Spec) -> anyhow::Result<Fingerprints> {
     })
 }
 
-/// The target cohort's splits, made once before any job runs (workers then only read them).
-pub fn ensure_splits(spec: &Spec) -> anyhow::Result<()> {
+/// The target cohort's splits, made once before any job runs (workers then only read them),
+/// on the results side: `<results>/splits/<fingerprint>-k<folds>-seed<seed>-<strata>.json`
+/// (see [`crate::sweep::plan::splits_file`]); the dataset folder is never written. A
+/// `splits.json` an older ranksweep left in the dataset folder is no longer read: when it
+/// differs from the split the spec asks for, a warning says so (jobs done with it before keep
+/// their results; rerun them in a fresh results folder if its folds matter).
+pub fn ensure_splits(spec: &Spec, results: &Path, fp: &Fingerprints) -> anyhow::Result<PathBuf> {
+    use crate::data::folds::{SPLITS_FILE, Splits, load_or_create_splits};
     let target = index_dataset(&spec.data.target)?;
-    let path = spec.data.target.join(crate::data::folds::SPLITS_FILE);
-    crate::data::folds::load_or_create_splits(
+    let path = crate::sweep::plan::splits_file(results, &fp.target, spec.data.folds, spec.data.split_seed);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let (splits, _) = load_or_create_splits(
         &path,
         &target.case_ids(),
         spec.data.folds,
@@ -134,7 +149,18 @@ pub fn ensure_splits(spec: &Spec) -> anyhow::Result<()> {
         None,
     )
     .with_context(|| format!("splits of {}", spec.data.target.display()))?;
-    Ok(())
+    let legacy = spec.data.target.join(SPLITS_FILE);
+    if legacy.is_file() && Splits::read(&legacy).ok().as_ref() != Some(&splits) {
+        eprintln!(
+            "ranksweep: warning: {} is not used: splits now live in {} (folds {}, split_seed {}), \
+             and that file holds another split; results made with it before stay recorded",
+            legacy.display(),
+            path.display(),
+            spec.data.folds,
+            spec.data.split_seed
+        );
+    }
+    Ok(path)
 }
 
 fn new_job(j: &PlannedJob) -> anyhow::Result<NewJob> {
@@ -168,29 +194,80 @@ pub fn record_plan(store: &mut Store, spec: &Spec, plan: &Plan) -> anyhow::Resul
     Ok(sweep)
 }
 
-/// Each planned job with the reason it would run now (or not).
+/// A job a blocked job waits for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Blocker {
+    /// The dependency's key and label.
+    pub job: String,
+    pub label: String,
+    /// Why it is not done: the class of its last attempt (`failed`, `nan`, …), or `blocked`.
+    pub class: String,
+}
+
+/// What `run` does with a planned job, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Decision {
+    pub key: String,
+    pub reason: Reason,
+    /// Whether this run starts it.
+    pub runs: bool,
+    /// For [`Reason::Blocked`]: the first dependency that is neither done nor run now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked_by: Option<Blocker>,
+    /// For a job done under the same key in another sweep: where (its result is reused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub done_in: Option<crate::store::DoneElsewhere>,
+}
+
+impl Decision {
+    /// `done`, `done in sweep S (run N)`, `blocked by K (label): failed`, or the reason.
+    pub fn explain(&self) -> String {
+        match (&self.done_in, &self.blocked_by) {
+            (Some(e), _) => match e.run {
+                Some(r) => format!("done in sweep {} (run {r})", e.sweep),
+                None => format!("done in sweep {} (ingested)", e.sweep),
+            },
+            (None, Some(b)) => format!("blocked by {} ({}): {}", b.job, b.label, b.class),
+            (None, None) => self.reason.name().to_string(),
+        }
+    }
+}
+
+/// Each planned job with the reason it would run now (or not). A job whose key is done in
+/// another sweep of the database is done (reused, with where). A job that needs a job that is
+/// neither done nor run now is blocked, never run: a failed pre-training is not done.
 pub fn reasons(
     store: &Store,
     sweep: Option<SweepId>,
     plan: &Plan,
     rerun_failed: bool,
-) -> anyhow::Result<Vec<(String, Reason, bool)>> {
+) -> anyhow::Result<Vec<Decision>> {
     let history = match sweep {
         Some(s) => store.all_jobs(s)?,
         None => Vec::new(),
     };
     let by_key: HashMap<&str, &JobRecord> = history.iter().map(|r| (r.key.as_str(), r)).collect();
     let planned: HashSet<&str> = plan.jobs.iter().map(|j| j.key.as_str()).collect();
-    let mut out = Vec::new();
+    let elsewhere = store.done_elsewhere(sweep)?;
+    let linked = match sweep {
+        Some(s) => store.linked_results(s)?,
+        None => HashMap::new(),
+    };
+    let mut out: Vec<Decision> = Vec::with_capacity(plan.jobs.len());
+    let mut failed_class: HashMap<&str, String> = HashMap::new();
     for j in &plan.jobs {
-        let reason = match (sweep, by_key.get(j.key.as_str())) {
+        let mut reason = match (sweep, by_key.get(j.key.as_str())) {
             (Some(s), Some(rec)) => match rec.status {
                 JobStatus::Done => Reason::Done,
                 // A kill or an interruption is not the job's failure: it stays to do.
                 JobStatus::Failed => {
                     match store.attempts(s, &j.key)?.last().and_then(|a| a.class) {
                         Some(ExitClass::Lost | ExitClass::Interrupted) => Reason::Pending,
-                        _ => Reason::FailedBefore,
+                        class => {
+                            let name = class.map_or("failed".to_string(), |c| c.to_string());
+                            failed_class.insert(j.key.as_str(), name);
+                            Reason::FailedBefore
+                        }
                     }
                 }
                 JobStatus::Pending | JobStatus::Running => Reason::Pending,
@@ -198,14 +275,121 @@ pub fn reasons(
             (Some(s), None) => why_new(store, s, j, &history, &planned, &plan.fingerprints)?,
             (None, _) => Reason::New,
         };
+        let mut done_in = linked.get(j.key.as_str()).cloned();
+        // The same key done in another sweep (whose folder still holds its result): reused.
+        let running = by_key
+            .get(j.key.as_str())
+            .is_some_and(|r| r.status == JobStatus::Running);
+        if reason != Reason::Done
+            && !running
+            && let Some(e) = elsewhere.get(j.key.as_str())
+            && e.dir.as_ref().is_some_and(|d| d.join(RESULT_FILE).is_file())
+        {
+            reason = Reason::Done;
+            done_in = Some(e.clone());
+        }
         let runs = match reason {
             Reason::Done => false,
             Reason::FailedBefore => rerun_failed,
             _ => true,
         };
-        out.push((j.key.clone(), reason, runs));
+        out.push(Decision {
+            key: j.key.clone(),
+            reason,
+            runs,
+            blocked_by: None,
+            done_in,
+        });
+    }
+    // Dependencies come first in a plan, so one pass in plan order settles chains.
+    let index: HashMap<&str, usize> = plan
+        .jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.key.as_str(), i))
+        .collect();
+    for (i, j) in plan.jobs.iter().enumerate() {
+        if !out[i].runs {
+            continue;
+        }
+        let blocker = j.needs.iter().find_map(|need| {
+            let &d = index.get(need.as_str())?;
+            let dep = &out[d];
+            if dep.reason == Reason::Done || dep.runs {
+                return None;
+            }
+            let class = match dep.reason {
+                Reason::Blocked => "blocked".to_string(),
+                _ => failed_class
+                    .get(need.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| dep.reason.name().to_string()),
+            };
+            Some(Blocker {
+                job: need.clone(),
+                label: plan.jobs[d].label.clone(),
+                class,
+            })
+        });
+        if let Some(b) = blocker {
+            out[i].reason = Reason::Blocked;
+            out[i].runs = false;
+            out[i].blocked_by = Some(b);
+        }
     }
     Ok(out)
+}
+
+/// The active jobs of a sweep that cannot start because a job they need failed (or is itself
+/// blocked), as `(key, blocker)`, for `status`.
+pub fn blocked_in_store(store: &Store, sweep: SweepId) -> anyhow::Result<Vec<(String, Blocker)>> {
+    let jobs = store.jobs(sweep)?;
+    let by_key: HashMap<&str, &JobRecord> = jobs.iter().map(|r| (r.key.as_str(), r)).collect();
+    let mut blocked: HashMap<String, Blocker> = HashMap::new();
+    let label = |r: &JobRecord| match (r.stage, r.fold) {
+        (Stage::Pretrain, _) => format!("pretrain/{}/s{}", r.view.name(), r.seed),
+        (_, fold) => format!(
+            "{}{}/f{}/s{}",
+            r.kind.map(|k| k.to_string()).unwrap_or_default(),
+            r.selector.as_deref().map(|m| format!("/{m}")).unwrap_or_default(),
+            fold.unwrap_or(0),
+            r.seed
+        ),
+    };
+    // Pretrain jobs come first in plan order (row order): one pass settles chains.
+    for r in &jobs {
+        if matches!(r.status, JobStatus::Done | JobStatus::Running) {
+            continue;
+        }
+        for need in &r.needs {
+            let Some(dep) = by_key.get(need.as_str()) else {
+                continue;
+            };
+            let class = if blocked.contains_key(need) {
+                "blocked".to_string()
+            } else if dep.status == JobStatus::Failed {
+                match store.attempts(sweep, need)?.last().and_then(|a| a.class) {
+                    Some(ExitClass::Lost | ExitClass::Interrupted) => continue,
+                    c => c.map_or("failed".to_string(), |c| c.to_string()),
+                }
+            } else {
+                continue;
+            };
+            blocked.insert(
+                r.key.clone(),
+                Blocker {
+                    job: need.clone(),
+                    label: label(dep),
+                    class,
+                },
+            );
+            break;
+        }
+    }
+    Ok(jobs
+        .iter()
+        .filter_map(|r| blocked.remove(&r.key).map(|b| (r.key.clone(), b)))
+        .collect())
 }
 
 /// Why a key the database does not know is new: finds the job's earlier version (same stage,
@@ -237,7 +421,7 @@ fn why_new(
         .collect();
     let canonical = canonical_config(&j.config);
     let same_config = |r: &JobRecord| {
-        serde_json::from_str::<crate::train::JobConfig>(&r.config_json)
+        r.config()
             .map(|c| canonical_config(&c) == canonical)
             .unwrap_or(false)
     };
@@ -330,7 +514,7 @@ pub fn adopt_results(
     let mut adopted = Vec::new();
     for j in &plan.jobs {
         let dir = &j.config.output;
-        if !dir.join(crate::train::job_run::RESULT_FILE).is_file() {
+        if !dir.join(RESULT_FILE).is_file() {
             continue;
         }
         let Some(rec) = store.job(sweep, &j.key)? else {
@@ -361,7 +545,12 @@ pub struct SweepOutcome {
     pub db: PathBuf,
     pub planned: usize,
     pub cached: usize,
+    /// Jobs not started because a job they need failed (key, what blocks it).
+    pub blocked: Vec<(String, Blocker)>,
     pub summary: Option<RunSummary>,
+    /// What the process exits with (also stored in the run's row): 0 nothing wrong, 1 a job
+    /// failed or was blocked.
+    pub exit_code: u8,
 }
 
 /// A sweep planned and recorded in the database: what every backend (`run`, `submit`) starts
@@ -376,13 +565,13 @@ pub struct Prepared {
 }
 
 /// Loads the spec, synthesizes missing phantom data, fingerprints code and data, makes the
-/// splits, plans, opens (creating) the database and records the plan.
+/// splits (on the results side), plans, opens (creating) the database and records the plan.
 pub fn prepare_sweep(spec: &Path, results: &Path, db: &Path) -> anyhow::Result<Prepared> {
     let spec = load(spec)?;
     synthesize_missing(&spec)?;
     let fp = fingerprints(&spec)?;
-    ensure_splits(&spec)?;
     let plan = plan(&spec, &fp, results);
+    ensure_splits(&spec, &std::path::absolute(results)?, &fp)?;
     if let Some(dir) = db.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -395,6 +584,51 @@ pub fn prepare_sweep(spec: &Path, results: &Path, db: &Path) -> anyhow::Result<P
         sweep,
         fingerprints: fp,
     })
+}
+
+/// Reuses the results of jobs done under the same key in another sweep: links them in the
+/// database (no rows copied), links the job folder to the original's (a symlink, when the
+/// folder does not exist yet) and points dependents at the original's checkpoints. Returns
+/// how many were linked now.
+pub fn reuse_done_elsewhere(
+    store: &mut Store,
+    sweep: SweepId,
+    plan: &mut Plan,
+    decisions: &[Decision],
+) -> anyhow::Result<usize> {
+    let mut moved: HashMap<PathBuf, PathBuf> = HashMap::new();
+    let mut linked = 0;
+    for (j, d) in plan.jobs.iter().zip(decisions) {
+        let Some(e) = &d.done_in else { continue };
+        let Some(orig) = &e.dir else { continue };
+        if store.job(sweep, &j.key)?.is_some_and(|r| r.status != JobStatus::Done) {
+            store.link_result(sweep, &j.key, e.job)?;
+            linked += 1;
+        }
+        let here = &j.config.output;
+        if here != orig {
+            if std::fs::symlink_metadata(here).is_err() {
+                if let Some(parent) = here.parent() {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("cannot create {}", parent.display()))?;
+                }
+                std::os::unix::fs::symlink(orig, here).with_context(|| {
+                    format!("cannot link {} to {}", here.display(), orig.display())
+                })?;
+            }
+            moved.insert(here.clone(), orig.clone());
+        }
+    }
+    for j in &mut plan.jobs {
+        for file in j.config.base.values_mut() {
+            if let Some(orig) = file.parent().and_then(|p| moved.get(p))
+                && let Some(name) = file.file_name()
+            {
+                *file = orig.join(name);
+            }
+        }
+    }
+    Ok(linked)
 }
 
 /// Writes a planned job's `job.json` (creating its folder) and returns the file's path.
@@ -415,7 +649,7 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
     let db = opts.db.clone();
     let Prepared {
         spec,
-        plan,
+        mut plan,
         mut store,
         sweep,
         fingerprints: fp,
@@ -431,6 +665,9 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
             reclaimed.len()
         );
     }
+    for run in store.end_dead_runs(sweep, &host, super::lease::pid_alive)? {
+        eprintln!("ranksweep: run {} was killed; marked ended", run.0);
+    }
     let adopted = adopt_results(&mut store, sweep, &plan)?;
     if !adopted.is_empty() {
         eprintln!(
@@ -438,35 +675,60 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
             adopted.len()
         );
     }
-    let reasons = reasons(&store, Some(sweep), &plan, opts.rerun_failed)?;
-    let to_run: std::collections::BTreeSet<&str> = reasons
+    let decisions = reasons(&store, Some(sweep), &plan, opts.rerun_failed)?;
+    let to_run: std::collections::BTreeSet<&str> = decisions
         .iter()
-        .filter(|(_, _, runs)| *runs)
-        .map(|(k, _, _)| k.as_str())
+        .filter(|d| d.runs)
+        .map(|d| d.key.as_str())
         .collect();
-    let cached = reasons
+    let cached = decisions
         .iter()
-        .filter(|(_, r, _)| *r == Reason::Done)
+        .filter(|d| d.reason == Reason::Done)
         .count();
+    let blocked: Vec<(String, Blocker)> = decisions
+        .iter()
+        .filter_map(|d| d.blocked_by.clone().map(|b| (d.key.clone(), b)))
+        .collect();
     if opts.dry_run {
         return Ok(SweepOutcome {
             sweep: spec.name,
             db,
             planned: plan.jobs.len(),
             cached,
+            blocked,
             summary: None,
+            exit_code: 0,
         });
     }
     // A bad `--devices` is a usage error before anything is recorded.
     let devices = parse_devices(&opts.devices)?;
+    let reused = reuse_done_elsewhere(&mut store, sweep, &mut plan, &decisions)?;
+    if reused > 0 {
+        eprintln!("ranksweep: reused {reused} job(s) done in other sweeps (`plan --explain` says where)");
+    }
+    let labels: HashMap<&str, &str> = plan
+        .jobs
+        .iter()
+        .map(|j| (j.key.as_str(), j.label.as_str()))
+        .collect();
+    for (key, b) in &blocked {
+        eprintln!(
+            "ranksweep: blocked {} ({key}): it needs {} ({}), which is {}; \
+             `run --rerun-failed` runs it again",
+            labels[key.as_str()],
+            b.label,
+            b.job,
+            b.class
+        );
+    }
     // Recorded before any job file is written or worker started: a killed run still says
     // which jobs it covered.
-    let covered: Vec<CoveredJob> = reasons
+    let covered: Vec<CoveredJob> = decisions
         .iter()
-        .map(|(key, reason, runs)| CoveredJob {
-            key: key.clone(),
-            cached: *reason == Reason::Done,
-            scheduled: *runs,
+        .map(|d| CoveredJob {
+            key: d.key.clone(),
+            cached: d.reason == Reason::Done,
+            scheduled: d.runs,
         })
         .collect();
     let run = store.start_run_covering(
@@ -481,7 +743,7 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
         let job_file = write_job_file(j)?;
         jobs.push(ExecJob {
             id: j.key.clone(),
-            // Dependencies already done are not part of this run.
+            // Dependencies already done are not part of this run (blocked jobs are not here).
             deps: j
                 .needs
                 .iter()
@@ -510,6 +772,14 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
     config.timeout = Some(opts.timeout.unwrap_or(spec.resources.timeout));
     config.watchdog = Some(spec.resources.no_progress);
     config.handle_signals = true;
+    // Another `run` of this sweep may finish a job after this one planned it.
+    let check_db = db.clone();
+    config.start_check = Some(super::StartCheck(std::sync::Arc::new(move |key: &str| {
+        crate::store::job_done(&check_db, sweep, key)
+            .unwrap_or(false)
+            .then(|| "done by another run".to_string())
+    })));
+    let cancel = config.cancel.clone();
     store.record_environment(
         run,
         &[
@@ -531,6 +801,9 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
     let mut record_error: Option<anyhow::Error> = None;
     let summary = super::run_blocking(jobs, config, |event| {
         reporter.handle(event);
+        if record_error.is_some() {
+            return;
+        }
         let r: anyhow::Result<()> = (|| {
             match event {
                 SweepEvent::AttemptStarted {
@@ -579,6 +852,7 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
                     if class == crate::store::ExitClass::Ok
                         && let Err(e) = ingest_job_dir(&mut store, sweep, job, &dirs[job])
                     {
+                        // A result that does not check out is the job's failure, not the run's.
                         class = crate::store::ExitClass::Failed;
                         error = Some(format!("ingest: {e}"));
                     }
@@ -595,14 +869,40 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
             }
             Ok(())
         })();
-        if let Err(e) = r
-            && record_error.is_none()
-        {
+        if let Err(e) = r {
+            // The database no longer says what ran: stop dispatching (running workers get
+            // SIGTERM and are recorded interrupted where possible) rather than go on blind.
+            eprintln!(
+                "ranksweep: cannot record the run in {}: {e:#}; stopping",
+                db.display()
+            );
+            cancel.stop();
             record_error = Some(e);
         }
-    })?;
-    let code = if summary.all_ok() { 0 } else { 1 };
-    store.end_run(run, code)?;
+    });
+    let summary = match summary {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = store.end_run(run, 2);
+            return Err(e.into());
+        }
+    };
+    for (key, status) in &summary.jobs {
+        if let super::JobStatus::Elsewhere { detail, .. } = status {
+            let now_done = crate::store::job_done(&db, sweep, key).unwrap_or(false);
+            let what = if now_done { "done elsewhere" } else { "left to another run" };
+            eprintln!("ranksweep: {what}: {} ({key}): {detail}", labels[key.as_str()]);
+        }
+    }
+    // 2 as for any error that ends the command (the CLI's table).
+    let code: u8 = if record_error.is_some() {
+        2
+    } else if summary.nothing_wrong() && blocked.is_empty() {
+        0
+    } else {
+        1
+    };
+    store.end_run(run, i32::from(code))?;
     if let Some(e) = record_error {
         return Err(e.context("recording the run in the database"));
     }
@@ -611,6 +911,8 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
         db,
         planned: plan.jobs.len(),
         cached,
+        blocked,
         summary: Some(summary),
+        exit_code: code,
     })
 }

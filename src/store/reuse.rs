@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+
 use super::{JobRecord, RunId, Store, StoreError, SweepId, now};
 
 /// A job done under the same key in another sweep.
@@ -87,32 +88,33 @@ impl Store {
         Ok(())
     }
 
-    /// The sweep and run a reused job's results come from, when it is a link.
-    pub fn linked_from(
+    /// The sweep's reused jobs by key, each with the sweep and run its results come from.
+    pub fn linked_results(
         &self,
         sweep: SweepId,
-        key: &str,
-    ) -> Result<Option<DoneElsewhere>, StoreError> {
-        let job = self.job_row(sweep, key)?;
-        let row: Option<(i64, String, Option<i64>)> = self
-            .conn
-            .query_row(
-                "SELECT o.id, s.name,
-                        (SELECT a.run FROM attempts a WHERE a.job = o.id AND a.exit_class = 'ok'
-                         ORDER BY a.number DESC LIMIT 1)
-                 FROM jobs j JOIN jobs o ON o.id = j.result_of JOIN sweeps s ON s.id = o.sweep_id
-                 WHERE j.id = ?1",
-                [job],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-            .map_err(self.sql("reading a reused result"))?;
-        Ok(row.map(|(job, sweep, run)| DoneElsewhere {
-            job,
-            sweep,
-            run,
-            dir: None,
-        }))
+    ) -> Result<HashMap<String, DoneElsewhere>, StoreError> {
+        let rows: Vec<(String, i64, String, Option<i64>)> = self.rows(
+            "reading reused results",
+            "SELECT j.job_key, o.id, s.name,
+                    (SELECT a.run FROM attempts a WHERE a.job = o.id AND a.exit_class = 'ok'
+                     ORDER BY a.number DESC LIMIT 1)
+             FROM jobs j JOIN jobs o ON o.id = j.result_of JOIN sweeps s ON s.id = o.sweep_id
+             WHERE j.sweep_id = ?1",
+            [sweep.0],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, job, sweep, run)| {
+                let d = DoneElsewhere {
+                    job,
+                    sweep,
+                    run,
+                    dir: None,
+                };
+                (key, d)
+            })
+            .collect())
     }
 
     /// Ends the runs of `sweep` on `host` that never ended and whose process `alive` says is
@@ -237,8 +239,8 @@ mod tests {
         st.link_result(b, "k", orig.job).unwrap();
         assert_eq!(st.job(b, "k").unwrap().unwrap().status, JobStatus::Done);
         assert_eq!(st.case_metrics(b, "k").unwrap(), st.case_metrics(a, "k").unwrap());
-        assert_eq!(st.linked_from(b, "k").unwrap().unwrap().sweep, "a");
-        assert_eq!(st.linked_from(a, "k").unwrap(), None);
+        assert_eq!(st.linked_results(b).unwrap()["k"].sweep, "a");
+        assert!(st.linked_results(a).unwrap().is_empty());
         // One row, not two; a linked job is not a source itself.
         let c = Connection::open(dir.path().join("db")).unwrap();
         let n: i64 = c

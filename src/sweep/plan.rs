@@ -64,6 +64,20 @@ pub fn sweep_dir(results: &Path, sweep: &str) -> PathBuf {
     results.join(sweep)
 }
 
+/// The target cohort's cross-validation splits, on the results side: one file per (dataset
+/// fingerprint, folds, split seed, stratification), shared by every sweep of the results
+/// folder that asks for the same split. Sweeps do not stratify folds (yet): `plain`.
+pub fn splits_file(results: &Path, target_fingerprint: &str, folds: usize, split_seed: u64) -> PathBuf {
+    let fp: String = target_fingerprint
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(16)
+        .collect();
+    results
+        .join("splits")
+        .join(format!("{fp}-k{folds}-seed{split_seed}-plain.json"))
+}
+
 fn labels(values: &Option<Vec<u32>>) -> LabelMap {
     match values {
         None => LabelMap::NonZero,
@@ -176,7 +190,12 @@ pub fn plan(spec: &Spec, fp: &Fingerprints, results: &Path) -> Plan {
             });
         }
     }
-    let splits = target.join(crate::data::folds::SPLITS_FILE);
+    let splits = splits_file(
+        &abs(results),
+        &fp.target,
+        spec.data.folds,
+        spec.data.split_seed,
+    );
     for cell in &spec.cells {
         for fold in 0..spec.data.folds {
             for &seed in &spec.seeds {

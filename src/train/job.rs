@@ -269,7 +269,7 @@ impl<T> PerView<T> {
         View::ALL.into_iter().filter(|v| self.contains(*v))
     }
 
-    fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
         [&mut self.axial, &mut self.coronal, &mut self.sagittal]
             .into_iter()
             .flatten()

@@ -73,7 +73,7 @@ pub fn submit_sweep(opts: &SubmitOptions) -> anyhow::Result<SubmitOutcome> {
         .with_context(|| format!("cannot resolve {}", opts.db.display()))?;
     let Prepared {
         spec,
-        plan,
+        mut plan,
         mut store,
         sweep,
         ..
@@ -88,6 +88,9 @@ pub fn submit_sweep(opts: &SubmitOptions) -> anyhow::Result<SubmitOutcome> {
         }
     }
     let reasons = reasons(&store, Some(sweep), &plan, opts.rerun_failed)?;
+    if !opts.dry_run {
+        crate::exec::sweep_run::reuse_done_elsewhere(&mut store, sweep, &mut plan, &reasons)?;
+    }
     drop(store);
 
     let (views, _) = match super::reconcile::slurm_status(&sweep_dir) {
@@ -108,11 +111,11 @@ pub fn submit_sweep(opts: &SubmitOptions) -> anyhow::Result<SubmitOutcome> {
 
     let runs: BTreeMap<&str, (Reason, bool)> = reasons
         .iter()
-        .map(|(k, r, runs)| (k.as_str(), (*r, *runs)))
+        .map(|d| (d.key.as_str(), (d.reason, d.runs)))
         .collect();
     let done = reasons
         .iter()
-        .filter(|(_, r, _)| *r == Reason::Done)
+        .filter(|d| d.reason == Reason::Done)
         .count();
     let mut out = SubmitOutcome {
         sweep: spec.name.clone(),
