@@ -4,6 +4,7 @@ mod crash;
 mod data;
 mod exec;
 mod job;
+mod lifecycle;
 mod metrics;
 mod model;
 mod phantom;

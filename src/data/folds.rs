@@ -23,7 +23,8 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-/// The conventional file name of the splits, beside the preprocessed data.
+/// The file name of generated splits (`run` keeps them under `<results>/splits/`; a job
+/// without `data.splits` in its own output folder; never in the dataset folder).
 pub const SPLITS_FILE: &str = "splits.json";
 
 /// A split that cannot be made, read or used.

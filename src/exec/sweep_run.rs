@@ -655,25 +655,9 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
         fingerprints: fp,
     } = prepare_sweep(&opts.spec, &opts.results, &db)?;
     let host = super::lease::this_host();
-    // After a kill: let the orphaned workers end first, so that none still runs when its job
-    // is reclaimed and started again, then close their attempts and keep what they finished.
-    settle_orphans(&plan, ORPHAN_GRACE)?;
-    let reclaimed = store.reclaim_stale(sweep, &host, super::lease::pid_alive)?;
-    if !reclaimed.is_empty() {
-        eprintln!(
-            "ranksweep: reclaimed {} stale lease(s) of killed runs",
-            reclaimed.len()
-        );
-    }
-    for run in store.end_dead_runs(sweep, &host, super::lease::pid_alive)? {
-        eprintln!("ranksweep: run {} was killed; marked ended", run.0);
-    }
-    let adopted = adopt_results(&mut store, sweep, &plan)?;
-    if !adopted.is_empty() {
-        eprintln!(
-            "ranksweep: recorded {} result(s) finished after their run was killed",
-            adopted.len()
-        );
+    // A dry run writes nothing but the plan: the recovery below is a run's.
+    if !opts.dry_run {
+        recover(&mut store, sweep, &plan, &host)?;
     }
     let decisions = reasons(&store, Some(sweep), &plan, opts.rerun_failed)?;
     let to_run: std::collections::BTreeSet<&str> = decisions
@@ -915,4 +899,29 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
         summary: Some(summary),
         exit_code: code,
     })
+}
+
+/// After a kill: lets the orphaned workers end first, so that none still runs when its job is
+/// reclaimed and started again, then closes their attempts and the killed runs, and keeps
+/// what they finished.
+fn recover(store: &mut Store, sweep: SweepId, plan: &Plan, host: &str) -> anyhow::Result<()> {
+    settle_orphans(plan, ORPHAN_GRACE)?;
+    let reclaimed = store.reclaim_stale(sweep, host, super::lease::pid_alive)?;
+    if !reclaimed.is_empty() {
+        eprintln!(
+            "ranksweep: reclaimed {} stale lease(s) of killed runs",
+            reclaimed.len()
+        );
+    }
+    for run in store.end_dead_runs(sweep, host, super::lease::pid_alive)? {
+        eprintln!("ranksweep: run {} was killed; marked ended", run.0);
+    }
+    let adopted = adopt_results(store, sweep, plan)?;
+    if !adopted.is_empty() {
+        eprintln!(
+            "ranksweep: recorded {} result(s) finished after their run was killed",
+            adopted.len()
+        );
+    }
+    Ok(())
 }

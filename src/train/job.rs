@@ -97,8 +97,10 @@ pub struct DataConfig {
     /// trains and nothing is tested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fold: Option<usize>,
-    /// The splits file (nnU-Net's `splits_final.json` format). Default: `<dataset>/splits.json`,
-    /// created there with `folds` folds and `split_seed` if missing, then reused.
+    /// The splits file (nnU-Net's `splits_final.json` format): a user's own file is named
+    /// here explicitly. Default: `<output>/splits.json`, created there with `folds` folds and
+    /// `split_seed` if missing, then reused; the dataset folder is never written (`run` puts
+    /// a sweep's splits under `<results>/splits/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub splits: Option<PathBuf>,
     /// Folds when the splits file is created (default 5).
@@ -496,7 +498,7 @@ impl JobConfig {
         self.data
             .splits
             .clone()
-            .unwrap_or_else(|| self.data.dataset.join(crate::data::folds::SPLITS_FILE))
+            .unwrap_or_else(|| self.output.join(crate::data::folds::SPLITS_FILE))
     }
 
     /// Checks everything that needs no file: fields and how they combine with the stage.
@@ -737,7 +739,7 @@ output: out/job1
             job.base.coronal.clone().unwrap(),
             PathBuf::from("/abs/base-coronal.safetensors")
         );
-        assert_eq!(job.splits_path(), PathBuf::from("/jobs/sah/splits.json"));
+        assert_eq!(job.splits_path(), PathBuf::from("/jobs/out/job1/splits.json"));
     }
 
     #[test]
