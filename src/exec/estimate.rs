@@ -88,7 +88,7 @@ pub fn estimate(history: &[FinishedAttempt], plan: &Plan, runs: &[bool]) -> Esti
     let mut coarse: HashMap<String, Vec<f64>> = HashMap::new();
     for a in history {
         // A config this build cannot read (an older layout) is no evidence.
-        let Ok(c) = serde_json::from_str::<JobConfig>(&a.config_json) else {
+        let Ok(c) = a.config() else {
             continue;
         };
         let rate = a.seconds / units(&c);

@@ -239,7 +239,7 @@ impl Reporter {
                 }
             }
             SweepEvent::RunFinished { summary } => {
-                let line = format!(
+                let mut line = format!(
                     "finished {} jobs in {}: {} ok, {} failed, {} blocked, {} not run",
                     summary.jobs.len(),
                     short_duration(summary.elapsed.as_secs_f64()),
@@ -248,6 +248,9 @@ impl Reporter {
                     summary.blocked(),
                     summary.not_run()
                 );
+                if summary.elsewhere() > 0 {
+                    line += &format!(", {} another run's", summary.elsewhere());
+                }
                 match &mut self.out {
                     Output::Bars {
                         multi,

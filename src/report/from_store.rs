@@ -93,7 +93,7 @@ fn input_from_jobs(
         let jobs = &by_cell[&id];
         let first = jobs[0];
         let config: JobConfig =
-            serde_json::from_str(&first.config_json).map_err(|e| FromStoreError::Config {
+            first.config().map_err(|e| FromStoreError::Config {
                 key: first.key.clone(),
                 message: e.to_string(),
             })?;

@@ -33,6 +33,13 @@ pub struct FinishedAttempt {
     pub seconds: f64,
 }
 
+impl FinishedAttempt {
+    /// The typed job config (as [`JobRecord::config`]).
+    pub fn config(&self) -> Result<crate::train::JobConfig, serde_json::Error> {
+        serde_json::from_str(&self.config_json)
+    }
+}
+
 impl Store {
     /// Every job the sweep ever had, active or not, oldest first.
     pub fn all_jobs(&self, sweep: SweepId) -> Result<Vec<JobRecord>, StoreError> {
