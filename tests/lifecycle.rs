@@ -115,7 +115,10 @@ fn a_failed_pretraining_blocks_its_dependents_until_it_is_rerun() {
     let s = spec.to_str().unwrap();
     let db = dir.join("results/ranksweep.db");
     let jobs = plan_jobs(dir, &spec);
-    let pre = jobs["pretrain/axial/s0"]["key"].as_str().unwrap().to_string();
+    let pre = jobs["pretrain/axial/s0"]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let fault = format!("panic:{pre}");
 
     // The pre-training fails; nothing that needs it starts.
@@ -139,7 +142,9 @@ fn a_failed_pretraining_blocks_its_dependents_until_it_is_rerun() {
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let err = util::stderr(&o);
     assert!(
-        err.contains(&format!("it needs pretrain/axial/s0 ({pre}), which is failed")),
+        err.contains(&format!(
+            "it needs pretrain/axial/s0 ({pre}), which is failed"
+        )),
         "{}",
         show(&o)
     );
@@ -231,7 +236,10 @@ fn ingest_checks_each_result_against_its_job() {
     let o = bin(dir, &["run", s, "--dry-run", "--db", "other.db"], &[]);
     assert!(o.status.success(), "{}", show(&o));
     let cluster = dir.join("cluster");
-    assert_eq!(copy_results(&dir.join("results/ing/jobs"), &cluster).len(), 5);
+    assert_eq!(
+        copy_results(&dir.join("results/ing/jobs"), &cluster).len(),
+        5
+    );
     let jobs = plan_jobs(dir, &spec);
     let key = |label: &str| jobs[label]["key"].as_str().unwrap().to_string();
     let result = |label: &str| cluster.join(key(label)).join(RESULT_FILE);
@@ -244,6 +252,10 @@ fn ingest_checks_each_result_against_its_job() {
     edit(&result("none/f0/s0"), |v| v["class"] = "failed".into());
     edit(&result("none/f1/s0"), |v| {
         v["evaluation"]["cases"][0]["dice"] = 5.0.into()
+    });
+    // A result of the same job with other settings.
+    edit(&result("pretrain/axial/s0"), |v| {
+        v["job"]["train"]["steps"] = 99.into()
     });
     let o = bin(
         dir,
@@ -259,7 +271,8 @@ fn ingest_checks_each_result_against_its_job() {
     );
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     assert!(
-        util::stdout(&o).contains("ingested 2 result(s); 0 unknown job(s); 0 unreadable; 3 refused"),
+        util::stdout(&o)
+            .contains("ingested 1 result(s); 0 unknown job(s); 0 unreadable; 4 refused"),
         "{}",
         show(&o)
     );
@@ -272,24 +285,43 @@ fn ingest_checks_each_result_against_its_job() {
                 key("lora-c/decoder/r2/f0/s0")
             ),
         ),
-        ("none/f0/s0", "refused: its class is `failed`, not `ok`".into()),
+        (
+            "none/f0/s0",
+            "refused: its class is `failed`, not `ok`".into(),
+        ),
         ("none/f1/s0", "refused: case `".into()),
+        (
+            "pretrain/axial/s0",
+            "refused: its config differs from the job's at `train.steps`".into(),
+        ),
     ] {
         let line = format!("{}: {why}", result(label).display());
         assert!(err.contains(&line), "`{line}` not in:\n{err}");
     }
-    assert!(err.contains("dice = 5: expected a value in [0, 1]"), "{err}");
+    assert!(
+        err.contains("dice = 5: expected a value in [0, 1]"),
+        "{err}"
+    );
     // Nothing of the refused results is stored; the others are, in full.
     let (st, sw) = open(&dir.join("other.db"), "ing");
-    for label in ["lora-c/decoder/r2/f1/s0", "none/f0/s0", "none/f1/s0"] {
+    for label in [
+        "lora-c/decoder/r2/f1/s0",
+        "none/f0/s0",
+        "none/f1/s0",
+        "pretrain/axial/s0",
+    ] {
         let j = st.job(sw, &key(label)).unwrap().unwrap();
         assert_eq!(j.status, JobStatus::Pending, "{label}");
-        assert!(st.case_metrics(sw, &key(label)).unwrap().is_empty(), "{label}");
+        assert!(
+            st.case_metrics(sw, &key(label)).unwrap().is_empty(),
+            "{label}"
+        );
     }
-    for label in ["pretrain/axial/s0", "lora-c/decoder/r2/f0/s0"] {
-        let j = st.job(sw, &key(label)).unwrap().unwrap();
-        assert_eq!(j.status, JobStatus::Done, "{label}");
-    }
+    let j = st
+        .job(sw, &key("lora-c/decoder/r2/f0/s0"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(j.status, JobStatus::Done);
     assert_eq!(
         st.case_metrics(sw, &key("lora-c/decoder/r2/f0/s0"))
             .unwrap()
@@ -438,7 +470,11 @@ fn concurrent_runs_share_a_sweep_and_a_killed_run_is_ended() {
         show(&b)
     );
     assert!(!b_err.contains("job is leased by pid"), "{}", show(&b));
-    assert!(util::stdout(&b).contains(" 0 failed, 0 blocked"), "{}", show(&b));
+    assert!(
+        util::stdout(&b).contains(" 0 failed, 0 blocked"),
+        "{}",
+        show(&b)
+    );
     // Every job done once: one attempt each, all ok; both runs ended with what they returned.
     let (st, sw) = open(&db, "two");
     for j in st.jobs(sw).unwrap() {
@@ -478,7 +514,10 @@ fn concurrent_runs_share_a_sweep_and_a_killed_run_is_ended() {
     let o = bin(dir, &["status", "killed"], &[]);
     assert!(o.status.success(), "{}", show(&o));
     let text = util::stdout(&o);
-    assert!(text.contains("killed") && !text.contains("not ended"), "{text}");
+    assert!(
+        text.contains("killed") && !text.contains("not ended"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -516,7 +555,11 @@ fn a_job_done_in_another_sweep_is_reused_not_rerun() {
     // Linked, not copied: no attempt, no metric row added; the reports agree.
     assert_eq!(count(&db, "SELECT COUNT(*) FROM attempts"), attempts);
     assert_eq!(count(&db, "SELECT COUNT(*) FROM case_metrics"), rows);
-    let o = bin(dir, &["compare", "paper", "renamed", "--format", "json"], &[]);
+    let o = bin(
+        dir,
+        &["compare", "paper", "renamed", "--format", "json"],
+        &[],
+    );
     assert!(o.status.success(), "{}", show(&o));
     let v: Value = serde_json::from_str(&util::stdout(&o)).unwrap();
     assert_eq!(v["regressed"], false);

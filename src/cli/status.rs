@@ -120,11 +120,13 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let slurm_problems = slurm
         .as_ref()
         .is_some_and(|(views, _)| views.iter().any(|v| v.verdict.is_problem()));
-    Ok(if counts.failed > 0 || !blocked.is_empty() || slurm_problems {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(
+        if counts.failed > 0 || !blocked.is_empty() || slurm_problems {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 /// The SLURM section: only for a sweep with submissions under `<results>/<sweep>/submissions`.

@@ -101,7 +101,11 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: &str) -> S
         for k in x.keys().chain(y.keys()) {
             let (u, v) = (x.get(k), y.get(k));
             if u != v {
-                let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
                 return match (u, v) {
                     (Some(u), Some(v)) => first_difference(u, v, &path),
                     _ => path,
@@ -138,7 +142,10 @@ pub fn check_result(key: &str, job: &JobRecord, r: &JobResult) -> Result<(), Str
         ));
     }
     if r.stage != job.stage || r.job.stage != job.stage {
-        return Err(format!("its stage is {}, the job's is {}", r.stage, job.stage));
+        return Err(format!(
+            "its stage is {}, the job's is {}",
+            r.stage, job.stage
+        ));
     }
     if r.fold != job.fold || r.job.data.fold != job.fold {
         let show = |f: Option<usize>| f.map_or("none".to_string(), |f| f.to_string());
@@ -183,7 +190,11 @@ pub fn check_result(key: &str, job: &JobRecord, r: &JobResult) -> Result<(), Str
                 return Err(format!("case `{}` is listed twice", c.case));
             }
             if !unit_or_nan(m.dice) {
-                return bad("dice", m.dice, "a value in [0, 1], or NaN (both masks empty)");
+                return bad(
+                    "dice",
+                    m.dice,
+                    "a value in [0, 1], or NaN (both masks empty)",
+                );
             }
             if !unit_or_nan(m.iou) {
                 return bad("iou", m.iou, "a value in [0, 1], or NaN (both masks empty)");

@@ -235,7 +235,10 @@ pub async fn run(
                 };
                 if let Some(why) = config.start_check.as_ref().and_then(|c| (c.0)(&job.id)) {
                     pool.release(slot.index, &job.id);
-                    let status = JobStatus::Elsewhere { detail: why, done: true };
+                    let status = JobStatus::Elsewhere {
+                        detail: why,
+                        done: true,
+                    };
                     finish(&mut states, i, status, &jobs, &send);
                     continue;
                 }

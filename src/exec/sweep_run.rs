@@ -137,7 +137,8 @@ pub fn fingerprints(spec: &Spec) -> anyhow::Result<Fingerprints> {
 pub fn ensure_splits(spec: &Spec, results: &Path, fp: &Fingerprints) -> anyhow::Result<PathBuf> {
     use crate::data::folds::{SPLITS_FILE, Splits, load_or_create_splits};
     let target = index_dataset(&spec.data.target)?;
-    let path = crate::sweep::plan::splits_file(results, &fp.target, spec.data.folds, spec.data.split_seed);
+    let path =
+        crate::sweep::plan::splits_file(results, &fp.target, spec.data.folds, spec.data.split_seed);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -283,7 +284,9 @@ pub fn reasons(
         if reason != Reason::Done
             && !running
             && let Some(e) = elsewhere.get(j.key.as_str())
-            && e.dir.as_ref().is_some_and(|d| d.join(RESULT_FILE).is_file())
+            && e.dir
+                .as_ref()
+                .is_some_and(|d| d.join(RESULT_FILE).is_file())
         {
             reason = Reason::Done;
             done_in = Some(e.clone());
@@ -351,7 +354,10 @@ pub fn blocked_in_store(store: &Store, sweep: SweepId) -> anyhow::Result<Vec<(St
         (_, fold) => format!(
             "{}{}/f{}/s{}",
             r.kind.map(|k| k.to_string()).unwrap_or_default(),
-            r.selector.as_deref().map(|m| format!("/{m}")).unwrap_or_default(),
+            r.selector
+                .as_deref()
+                .map(|m| format!("/{m}"))
+                .unwrap_or_default(),
             fold.unwrap_or(0),
             r.seed
         ),
@@ -601,7 +607,10 @@ pub fn reuse_done_elsewhere(
     for (j, d) in plan.jobs.iter().zip(decisions) {
         let Some(e) = &d.done_in else { continue };
         let Some(orig) = &e.dir else { continue };
-        if store.job(sweep, &j.key)?.is_some_and(|r| r.status != JobStatus::Done) {
+        if store
+            .job(sweep, &j.key)?
+            .is_some_and(|r| r.status != JobStatus::Done)
+        {
             store.link_result(sweep, &j.key, e.job)?;
             linked += 1;
         }
@@ -688,7 +697,9 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
     let devices = parse_devices(&opts.devices)?;
     let reused = reuse_done_elsewhere(&mut store, sweep, &mut plan, &decisions)?;
     if reused > 0 {
-        eprintln!("ranksweep: reused {reused} job(s) done in other sweeps (`plan --explain` says where)");
+        eprintln!(
+            "ranksweep: reused {reused} job(s) done in other sweeps (`plan --explain` says where)"
+        );
     }
     let labels: HashMap<&str, &str> = plan
         .jobs
@@ -874,8 +885,15 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
     for (key, status) in &summary.jobs {
         if let super::JobStatus::Elsewhere { detail, .. } = status {
             let now_done = crate::store::job_done(&db, sweep, key).unwrap_or(false);
-            let what = if now_done { "done elsewhere" } else { "left to another run" };
-            eprintln!("ranksweep: {what}: {} ({key}): {detail}", labels[key.as_str()]);
+            let what = if now_done {
+                "done elsewhere"
+            } else {
+                "left to another run"
+            };
+            eprintln!(
+                "ranksweep: {what}: {} ({key}): {detail}",
+                labels[key.as_str()]
+            );
         }
     }
     // 2 as for any error that ends the command (the CLI's table).

@@ -92,11 +92,10 @@ fn input_from_jobs(
     for id in order {
         let jobs = &by_cell[&id];
         let first = jobs[0];
-        let config: JobConfig =
-            first.config().map_err(|e| FromStoreError::Config {
-                key: first.key.clone(),
-                message: e.to_string(),
-            })?;
+        let config: JobConfig = first.config().map_err(|e| FromStoreError::Config {
+            key: first.key.clone(),
+            message: e.to_string(),
+        })?;
         let seeds: std::collections::BTreeSet<u64> = jobs.iter().map(|j| j.seed).collect();
         let mut cell = CellResult {
             kind: config.adaptation.kind,

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-
 use super::{JobRecord, RunId, Store, StoreError, SweepId, now};
 
 /// A job done under the same key in another sweep.
@@ -238,7 +237,10 @@ mod tests {
         assert!(st.done_elsewhere(Some(a)).unwrap().is_empty());
         st.link_result(b, "k", orig.job).unwrap();
         assert_eq!(st.job(b, "k").unwrap().unwrap().status, JobStatus::Done);
-        assert_eq!(st.case_metrics(b, "k").unwrap(), st.case_metrics(a, "k").unwrap());
+        assert_eq!(
+            st.case_metrics(b, "k").unwrap(),
+            st.case_metrics(a, "k").unwrap()
+        );
         assert_eq!(st.linked_results(b).unwrap()["k"].sweep, "a");
         assert!(st.linked_results(a).unwrap().is_empty());
         // One row, not two; a linked job is not a source itself.

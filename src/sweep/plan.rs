@@ -67,7 +67,12 @@ pub fn sweep_dir(results: &Path, sweep: &str) -> PathBuf {
 /// The target cohort's cross-validation splits, on the results side: one file per (dataset
 /// fingerprint, folds, split seed, stratification), shared by every sweep of the results
 /// folder that asks for the same split. Sweeps do not stratify folds (yet): `plain`.
-pub fn splits_file(results: &Path, target_fingerprint: &str, folds: usize, split_seed: u64) -> PathBuf {
+pub fn splits_file(
+    results: &Path,
+    target_fingerprint: &str,
+    folds: usize,
+    split_seed: u64,
+) -> PathBuf {
     let fp: String = target_fingerprint
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())

@@ -739,7 +739,10 @@ output: out/job1
             job.base.coronal.clone().unwrap(),
             PathBuf::from("/abs/base-coronal.safetensors")
         );
-        assert_eq!(job.splits_path(), PathBuf::from("/jobs/out/job1/splits.json"));
+        assert_eq!(
+            job.splits_path(),
+            PathBuf::from("/jobs/out/job1/splits.json")
+        );
     }
 
     #[test]

@@ -113,10 +113,7 @@ pub fn submit_sweep(opts: &SubmitOptions) -> anyhow::Result<SubmitOutcome> {
         .iter()
         .map(|d| (d.key.as_str(), (d.reason, d.runs)))
         .collect();
-    let done = reasons
-        .iter()
-        .filter(|d| d.reason == Reason::Done)
-        .count();
+    let done = reasons.iter().filter(|d| d.reason == Reason::Done).count();
     let mut out = SubmitOutcome {
         sweep: spec.name.clone(),
         planned: plan.jobs.len(),
