@@ -361,7 +361,7 @@ fn splits_live_on_the_results_side_and_follow_split_seed() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     cohorts(dir);
-    let ids = ranksweep::data::layout::index_dataset(&dir.join("sah"))
+    let ids = ranksweep::data::layout::index_dataset(dir.join("sah"))
         .unwrap()
         .case_ids();
     let seed0 = make_splits(&ids, 2, 0, None).unwrap();

@@ -94,7 +94,10 @@ impl WorkerCommand {
 /// Asked before each job starts: `Some(why)` when another run has finished the job meanwhile
 /// (two `run`s of one sweep), so it is not started again here.
 #[derive(Clone)]
-pub struct StartCheck(pub std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>);
+pub struct StartCheck(pub std::sync::Arc<StartCheckFn>);
+
+/// `job id → Some(why it is done elsewhere)`.
+pub type StartCheckFn = dyn Fn(&str) -> Option<String> + Send + Sync;
 
 impl std::fmt::Debug for StartCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
