@@ -30,6 +30,7 @@ pub mod class;
 pub mod device;
 pub mod error;
 pub mod estimate;
+pub mod gpu_slots;
 pub mod event;
 pub mod ingest;
 pub mod lease;

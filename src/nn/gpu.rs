@@ -56,9 +56,25 @@ pub trait GpuQuery: Send + Sync + std::fmt::Debug {
     fn processes(&self) -> Result<Vec<ProcessMemory>, GpuQueryError>;
 }
 
-/// The real `nvidia-smi`, found on `PATH`.
-#[derive(Debug, Clone, Default)]
-pub struct NvidiaSmi;
+/// The real `nvidia-smi`, found on `PATH` (or at a given path).
+#[derive(Debug, Clone)]
+pub struct NvidiaSmi {
+    pub program: std::path::PathBuf,
+}
+
+impl Default for NvidiaSmi {
+    fn default() -> Self {
+        NvidiaSmi {
+            program: "nvidia-smi".into(),
+        }
+    }
+}
+
+impl NvidiaSmi {
+    fn run(&self, args: &[&str]) -> Result<String, GpuQueryError> {
+        run_program(&self.program, args)
+    }
+}
 
 impl GpuQuery for NvidiaSmi {
     fn memory(&self) -> Result<Vec<GpuMemory>, GpuQueryError> {
@@ -66,7 +82,7 @@ impl GpuQuery for NvidiaSmi {
             "--query-gpu=index,memory.total,memory.used,memory.free",
             "--format=csv,noheader,nounits",
         ];
-        parse_memory(&args.join(" "), &nvidia_smi(&args)?)
+        parse_memory(&args.join(" "), &self.run(&args)?)
     }
 
     fn processes(&self) -> Result<Vec<ProcessMemory>, GpuQueryError> {
@@ -74,7 +90,7 @@ impl GpuQuery for NvidiaSmi {
             "--query-compute-apps=pid,used_memory",
             "--format=csv,noheader,nounits",
         ];
-        parse_processes(&args.join(" "), &nvidia_smi(&args)?)
+        parse_processes(&args.join(" "), &self.run(&args)?)
     }
 }
 
@@ -181,9 +197,13 @@ pub fn parse_processes(args: &str, out: &str) -> Result<Vec<ProcessMemory>, GpuQ
         .collect()
 }
 
-/// Runs `nvidia-smi ARGS` with a time limit and returns its stdout.
+/// Runs `nvidia-smi ARGS` (from `PATH`) with a time limit and returns its stdout.
 fn nvidia_smi(args: &[&str]) -> Result<String, GpuQueryError> {
-    let mut child = Command::new("nvidia-smi")
+    run_program(std::path::Path::new("nvidia-smi"), args)
+}
+
+fn run_program(program: &std::path::Path, args: &[&str]) -> Result<String, GpuQueryError> {
+    let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
