@@ -39,10 +39,17 @@ fn a_gpu_job_on_a_cpu_build_exits_2_naming_the_cuda_build() {
     std::fs::write(&hand_set, format!("{JOB}device: cuda:0\n")).unwrap();
     let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
         (&[j, "--device", "cuda:0"], &[], "from --device"),
-        (&[j], &[("RANKSWEEP_DEVICE", "cuda")], "from RANKSWEEP_DEVICE"),
         (
             &[j],
-            &[("RANKSWEEP_DEVICE", "cuda:0"), ("CUDA_VISIBLE_DEVICES", "0")],
+            &[("RANKSWEEP_DEVICE", "cuda")],
+            "from RANKSWEEP_DEVICE",
+        ),
+        (
+            &[j],
+            &[
+                ("RANKSWEEP_DEVICE", "cuda:0"),
+                ("CUDA_VISIBLE_DEVICES", "0"),
+            ],
             "from RANKSWEEP_DEVICE",
         ),
         (
@@ -172,10 +179,7 @@ fn run_on_gpus_without_cuda_is_refused_up_front_and_cpu_results_record_the_devic
         util::stdout(&o)
     );
     let md = std::fs::read_to_string(root.join("results/g/report/report.md")).unwrap();
-    assert!(
-        md.contains("Ran on: cpu (1 thread), f32 (4 jobs)."),
-        "{md}"
-    );
+    assert!(md.contains("Ran on: cpu (1 thread), f32 (4 jobs)."), "{md}");
 }
 
 // ---- GPU memory admission and the oom retry, with a fake nvidia-smi ----
@@ -258,7 +262,14 @@ impl GpuFixture {
             .arg(&path)
             .args(["--devices", "cuda:0", "--slots-per-device"])
             .arg(slots.to_string())
-            .args(["--retries", "2", "--json", "--worker", "/bin/bash", "--worker-arg"])
+            .args([
+                "--retries",
+                "2",
+                "--json",
+                "--worker",
+                "/bin/bash",
+                "--worker-arg",
+            ])
             .arg(self.tmp.path().join("worker.sh"))
             .env(
                 "PATH",
@@ -302,7 +313,7 @@ fn a_gpu_slot_is_leased_only_when_the_gpu_has_the_memory_free() {
             .filter(|e| e["event"] == "attempt-finished")
             .map(|e| e["peak_gpu_mb"].clone())
             .collect();
-        assert_eq!(peaks, [serde_json::json!(700.0); 2], "{events:?}");
+        assert_eq!(peaks, vec![serde_json::json!(700.0); 2], "{events:?}");
     }
 }
 

@@ -529,6 +529,10 @@ fn a_gres_gpu_task_is_told_it_runs_a_gpu_job_and_this_cpu_build_refuses_it() {
             && err.contains("scripts/build-cuda.sh cudnn"),
         "{err}\n{row:?}"
     );
-    let job_dir = m.chunks[0].tasks[0].job_file.parent().unwrap().to_path_buf();
+    let job_dir = m.chunks[0].tasks[0]
+        .job_file
+        .parent()
+        .unwrap()
+        .to_path_buf();
     assert!(!job_dir.join(RESULT_FILE).exists());
 }

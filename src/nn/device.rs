@@ -17,13 +17,16 @@ use serde::{Deserialize, Serialize};
 pub const DEVICE_ENV: &str = "RANKSWEEP_DEVICE";
 
 /// What to build for GPU jobs; named in every error about a missing CUDA build.
-pub const CUDA_BUILD_HINT: &str = "build the GPU binary with `scripts/build-cuda.sh cudnn` (README, \"GPUs\") and run that one";
+pub const CUDA_BUILD_HINT: &str =
+    "build the GPU binary with `scripts/build-cuda.sh cudnn` (README, \"GPUs\") and run that one";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     #[error("unknown device `{0}`: expected `cpu` or `cuda:N` (N a GPU index)")]
     Unknown(String),
-    #[error("device `{0}` needs a CUDA build of ranksweep, and this one has none: {CUDA_BUILD_HINT}")]
+    #[error(
+        "device `{0}` needs a CUDA build of ranksweep, and this one has none: {CUDA_BUILD_HINT}"
+    )]
     CudaNotBuilt(String),
     #[error("`{value}` in {DEVICE_ENV}: expected `cpu`, `cuda` or `cuda:N`")]
     BadMarker { value: String },
@@ -145,7 +148,9 @@ pub struct DeviceEnv {
 impl DeviceEnv {
     pub fn from_process() -> Self {
         DeviceEnv {
-            marker: std::env::var(DEVICE_ENV).ok().filter(|s| !s.trim().is_empty()),
+            marker: std::env::var(DEVICE_ENV)
+                .ok()
+                .filter(|s| !s.trim().is_empty()),
             cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
         }
     }
@@ -354,7 +359,10 @@ mod tests {
         };
         let none = env(None, None);
         // Nothing asked: the CPU without CUDA, the environment's GPU with it.
-        assert_eq!(resolve(None, None, &none, false, 0).unwrap(), DeviceSpec::Cpu);
+        assert_eq!(
+            resolve(None, None, &none, false, 0).unwrap(),
+            DeviceSpec::Cpu
+        );
         assert_eq!(
             resolve(None, None, &env(None, Some("2")), true, 1).unwrap(),
             DeviceSpec::Cuda(0)
@@ -363,7 +371,10 @@ mod tests {
             resolve(None, None, &env(None, Some("")), true, 0).unwrap(),
             DeviceSpec::Cpu
         );
-        assert_eq!(resolve(None, None, &none, true, 0).unwrap(), DeviceSpec::Cpu);
+        assert_eq!(
+            resolve(None, None, &none, true, 0).unwrap(),
+            DeviceSpec::Cpu
+        );
         // The flag beats the marker, the marker beats the job file.
         let cpu_marker = env(Some("cpu"), None);
         assert_eq!(
@@ -388,7 +399,8 @@ mod tests {
         let e = resolve(None, None, &gpu_marker, true, 0).unwrap_err();
         assert!(e.is_usage());
         assert!(
-            e.to_string().contains("no GPU is visible here (CUDA_VISIBLE_DEVICES=3)"),
+            e.to_string()
+                .contains("no GPU is visible here (CUDA_VISIBLE_DEVICES=3)"),
             "{e}"
         );
         let e = resolve(Some(DeviceSpec::Cuda(1)), None, &none, true, 1).unwrap_err();

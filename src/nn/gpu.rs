@@ -258,7 +258,9 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(m[1].index, 1);
         assert_eq!(m[0].free_mb, 143259.0);
-        let e = parse_memory("q", "0, 143771, 512\n").unwrap_err().to_string();
+        let e = parse_memory("q", "0, 143771, 512\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unexpected line: `0, 143771, 512`"), "{e}");
         assert!(parse_memory("q", "0, x, 1, 2").is_err());
         let p = parse_processes("q", "4242, 1536\n77, [N/A]\n").unwrap();
@@ -271,7 +273,8 @@ mod tests {
 
     #[test]
     fn cuda_version_and_physical_ids() {
-        let header = "| NVIDIA-SMI 580.65.06   Driver Version: 580.65.06   CUDA Version: 13.0     |";
+        let header =
+            "| NVIDIA-SMI 580.65.06   Driver Version: 580.65.06   CUDA Version: 13.0     |";
         assert_eq!(cuda_version(header).as_deref(), Some("13.0"));
         assert_eq!(cuda_version("no header"), None);
         assert_eq!(physical_id(Some("3,5"), 0), "3");

@@ -132,8 +132,12 @@ mod tests {
             }),
             ..JobRows::default()
         };
-        st.record_results(sw, &[row("a", line), row("b", "cpu (2 threads), f32")], true)
-            .unwrap();
+        st.record_results(
+            sw,
+            &[row("a", line), row("b", "cpu (2 threads), f32")],
+            true,
+        )
+        .unwrap();
         // Ingesting again replaces the row.
         st.record_results(sw, &[row("a", line)], true).unwrap();
         assert_eq!(st.job_device(sw, "a").unwrap().unwrap().ran_on, line);

@@ -461,7 +461,11 @@ impl JobConfig {
     pub fn precision(&self) -> String {
         serde_json::to_value(&self.train)
             .ok()
-            .and_then(|v| v.get("precision").and_then(|p| p.as_str()).map(String::from))
+            .and_then(|v| {
+                v.get("precision")
+                    .and_then(|p| p.as_str())
+                    .map(String::from)
+            })
             .unwrap_or_else(|| "f32".to_string())
     }
 
@@ -828,7 +832,10 @@ output: out/job1
         assert_eq!(job.data.labels, LabelMap::NonZero);
         assert_eq!(job.device, None);
         let json = serde_json::to_string(&job).unwrap();
-        assert!(!json.contains("device"), "a job without a device writes none: {json}");
+        assert!(
+            !json.contains("device"),
+            "a job without a device writes none: {json}"
+        );
     }
 
     #[test]
