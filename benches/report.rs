@@ -80,6 +80,7 @@ fn sweep(n_cells: usize, folds: u32, cases_per_fold: usize) -> ReportInput {
         });
     }
     ReportInput {
+        ran_on: Vec::new(),
         sweep: format!("bench-{n_cells}"),
         cells,
     }

@@ -33,6 +33,7 @@ fn jobs(root: &Path, tag: &str) -> Vec<ExecJob> {
                 dir,
                 needs_gpu: false,
                 label: format!("job {i}"),
+                gpu_mem_mb: None,
             }
         })
         .collect()

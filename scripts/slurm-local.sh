@@ -7,7 +7,9 @@
 #
 # What it does: installs Debian's slurm-wlm and munge with apt-get when missing, writes a
 # one-node slurm.conf (node = `hostname -s` at 127.0.0.1, partition `debug`, no accounting,
-# linuxproc/none plugins so no cgroups or systemd are needed), creates the munge key, starts
+# linuxproc/none plugins so no cgroups or systemd are needed, and one fake GPU: gres `gpu:1`
+# with /dev/null as its device file, so that `--gres gpu:1` submissions schedule and their tasks
+# get CUDA_VISIBLE_DEVICES=0 as on a cluster, with no real GPU), creates the munge key, starts
 # munged, slurmctld and slurmd directly (no systemd), and waits until `sinfo` shows the node
 # idle and a tiny `srun` runs. Every state, spool, log and pid file lives under
 # $RANKSWEEP_SLURM_DIR (default /tmp/ranksweep-slurm); the config is installed at
@@ -150,7 +152,7 @@ node_line() {
     [[ $detected == NodeName=* ]] || die "slurmd -C printed no node line: $detected"
     # Drop the NodeName= field; keep CPUs, Boards, SocketsPerBoard, ..., RealMemory.
     detected=${detected#NodeName=* }
-    printf 'NodeName=%s NodeAddr=127.0.0.1 %s State=UNKNOWN\n' "$host" "$detected"
+    printf 'NodeName=%s NodeAddr=127.0.0.1 %s Gres=gpu:1 State=UNKNOWN\n' "$host" "$detected"
 }
 
 write_config() {
@@ -185,6 +187,8 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 MaxArraySize=1001
+# One fake GPU (gres.conf: /dev/null as its device; a file-less count registers as 0 GPUs).
+GresTypes=gpu
 ReturnToService=2
 # Short kill grace (scancel, --time) and a quick requeue keep tests short.
 KillWait=5
@@ -210,6 +214,12 @@ EOF
     fi
     install -m 0644 "$tmp" "$CONF"
     rm -f "$tmp"
+    if [[ -e /etc/slurm/gres.conf ]] && ! grep -qxF "$MARKER" /etc/slurm/gres.conf; then
+        die "/etc/slurm/gres.conf exists and was not written by this script; move it away first"
+    fi
+    printf '%s\nName=gpu File=/dev/null Count=1\n' "$MARKER" >"$tmp.gres"
+    install -m 0644 "$tmp.gres" /etc/slurm/gres.conf
+    rm -f "$tmp.gres"
 }
 
 start_munge() {

@@ -96,6 +96,7 @@ impl Fixture {
             dir,
             needs_gpu: false,
             label: format!("{id} ({mode})"),
+            gpu_mem_mb: None,
         }
     }
 
@@ -119,6 +120,8 @@ impl Fixture {
             self.worker(),
         );
         c.grace = Duration::from_millis(500);
+        // Independent of the host's nvidia-smi; the admission tests set their own.
+        c.gpu = None;
         c
     }
 

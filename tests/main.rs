@@ -3,6 +3,7 @@
 mod crash;
 mod data;
 mod exec;
+mod gpu;
 mod job;
 mod lifecycle;
 mod metrics;

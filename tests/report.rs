@@ -113,6 +113,7 @@ pub fn fixture(sweep: &str) -> ReportInput {
         [1.0, -1.0, 1.0, -1.0, 1.0, -1.0],
     );
     ReportInput {
+        ran_on: Vec::new(),
         sweep: sweep.into(),
         // Deliberately unsorted: the table sorts by kind, module, rank.
         cells: vec![dora, lora, none, full],
@@ -523,6 +524,7 @@ fn an_empty_sweep_and_a_cell_whose_folds_all_failed_still_render() {
     let dir = tempfile::tempdir().unwrap();
     let formats = [Format::Markdown, Format::Html, Format::Csv, Format::Tex];
     let empty = ReportInput {
+        ran_on: Vec::new(),
         sweep: "empty".into(),
         cells: vec![],
     };

@@ -446,6 +446,9 @@ fn dry_run_writes_job_files_scripts_and_manifest_and_submits_nothing() {
         let body = std::fs::read_to_string(&script).unwrap();
         assert!(text.contains(&body), "{text}");
         assert!(body.contains("#SBATCH --gres=\"gpu:1\"\n"), "{body}");
+        // A GPU in --gres makes each task a GPU job, told so before the worker starts.
+        let marker = body.find("\nexport RANKSWEEP_DEVICE=cuda\n").expect(&body);
+        assert!(marker < body.find("\nexec ").unwrap(), "{body}");
         assert!(body.contains("#SBATCH --time=0-01:00:00\n"), "{body}");
         let n = Command::new("bash")
             .arg("-n")
@@ -455,7 +458,81 @@ fn dry_run_writes_job_files_scripts_and_manifest_and_submits_nothing() {
         assert!(n.status.success(), "{}", String::from_utf8_lossy(&n.stderr));
         for t in &c.tasks {
             assert!(t.job_file.is_file() && t.job_file.is_absolute(), "{t:?}");
+            // The device is chosen where the job runs: the job file has none.
+            let job = std::fs::read_to_string(&t.job_file).unwrap();
+            assert!(!job.contains("\"device\""), "{job}");
         }
     }
     assert_eq!(m.chunks[1].array, "0-5%3");
+}
+
+/// Whether the local SLURM has the fake `gpu` gres of scripts/slurm-local.sh (a cluster started
+/// by an older script has none: restart it with `--stop` and again).
+fn has_gpu_gres() -> bool {
+    let out = Command::new("scontrol").args(["show", "node"]).output();
+    let ok = out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Gres=gpu:1"));
+    if !ok {
+        let msg = "the local SLURM has no `gpu` gres; restart it: scripts/slurm-local.sh --stop && scripts/slurm-local.sh";
+        assert!(std::env::var_os("CI").is_none(), "{msg}");
+        eprintln!("skipping: {msg}");
+    }
+    ok
+}
+
+#[test]
+fn a_gres_gpu_task_is_told_it_runs_a_gpu_job_and_this_cpu_build_refuses_it() {
+    if !slurm_ready() || !has_gpu_gres() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join(NASTY);
+    std::fs::create_dir_all(&root).unwrap();
+    cohorts(&root);
+    let spec = spec(&root, "gpu", 10);
+    let o = util::ranksweep(
+        &root,
+        &[
+            "submit",
+            spec.to_str().unwrap(),
+            "--backend",
+            "slurm",
+            "--partition",
+            "debug",
+            "--gres",
+            "gpu:1",
+            "--cpus-per-task",
+            "1",
+            "--mem",
+            "300M",
+            "--time",
+            "5m",
+        ],
+    );
+    assert!(o.status.success(), "submit: {}", util::stderr(&o));
+    let subs = manifests(&root.join("results/gpu"));
+    let (dir, m) = &subs[0];
+    let ids = m.submitted_ids();
+    let ingest = m.ingest.as_ref().and_then(|i| i.slurm_job_id);
+    let _cancel = (
+        Cancel(ids.first().copied()),
+        Cancel(ids.get(1).copied()),
+        Cancel(ingest),
+    );
+    // The pre-training task: what its worker was told is in its log, and it trained nothing.
+    let logs = dir.join("logs");
+    wait_finished(&ids[..1], "the pre-training array", &logs);
+    let row = &slurm::squeue_tasks(&ids[..1]).unwrap()[0];
+    let err = std::fs::read_to_string(logs.join(format!("{}_0.err", ids[0]))).unwrap();
+    assert!(
+        err.contains("this is a GPU job (`cuda:0` from RANKSWEEP_DEVICE)")
+            && err.contains("built without CUDA")
+            && err.contains("scripts/build-cuda.sh cudnn"),
+        "{err}\n{row:?}"
+    );
+    let job_dir = m.chunks[0].tasks[0]
+        .job_file
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert!(!job_dir.join(RESULT_FILE).exists());
 }

@@ -41,7 +41,7 @@ pub struct TrainStepArgs {
     /// CPU threads (rayon).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
-    /// cpu or cuda:N.
+    /// cpu or cuda:N (a CUDA build; `nvidia-smi` then gives the peak GPU memory).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
     /// Print one JSON object.
@@ -83,7 +83,7 @@ fn train_step(args: TrainStepArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} features {:?} batch {} {}×{} on {} ({} threads): median step {:.4} s (min {:.4} s), {:.1} GFLOP/s, peak RSS {:.0} MB, {} trainable of {} parameters",
+            "{} features {:?} batch {} {}×{} on {} ({} threads): median step {:.4} s (min {:.4} s), {:.1} GFLOP/s, peak RSS {:.0} MB{}, {} trainable of {} parameters",
             report.mode,
             report.features,
             report.batch,
@@ -95,6 +95,9 @@ fn train_step(args: TrainStepArgs) -> anyhow::Result<ExitCode> {
             report.min_step_s,
             report.gflops,
             report.peak_rss_mb,
+            report
+                .peak_gpu_mb
+                .map_or(String::new(), |m| format!(", peak GPU {m:.0} MiB")),
             report.trainable_params,
             report.total_params
         );

@@ -68,6 +68,10 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let jobs = read_jobs(&args.jobs)?;
     let devices = parse_devices(&args.devices)?;
     let slots = devices.len() * args.slots_per_device;
+    // This binary as the worker: GPUs it cannot use are refused before any job starts.
+    if args.worker.is_none() {
+        crate::exec::sweep_run::check_gpus_usable(&devices)?;
+    }
     let mut worker = match args.worker {
         Some(program) => WorkerCommand {
             program,

@@ -29,6 +29,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let cells = store.cell_status(sweep)?;
     let runs = recent_runs(&store, sweep)?;
     let counts = store.status_counts(sweep)?;
+    let ran_on = store.ran_on_counts(sweep)?;
     let failures: Vec<(String, String, String)> = store
         .jobs(sweep)?
         .into_iter()
@@ -74,6 +75,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 &serde_json::json!({"sweep": name, "pending": counts.pending,
                 "running": counts.running, "done": counts.done, "failed": counts.failed,
                 "cells": cells, "failures": failures, "blocked": blocked, "runs": runs_json(&runs),
+                "ran_on": ran_on.iter().map(|(r, n)| serde_json::json!({"ran_on": r, "jobs": n})).collect::<Vec<_>>(),
                 "slurm": slurm.as_ref().map(|(views, source)| serde_json::json!({"source": source, "tasks": views}))})
             )?
         );
@@ -103,6 +105,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             blocked.len(),
             counts.failed
         );
+        for (what, n) in &ran_on {
+            println!("ran on {what}: {n} job(s)");
+        }
         for (k, c, e) in &failures {
             println!("failed {k} ({c}): {e}");
         }

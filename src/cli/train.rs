@@ -22,13 +22,22 @@ pub struct TrainArgs {
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let stop = install_stop_handler()?;
-    let job = match JobConfig::from_file(&args.job_file) {
+    let mut job = match JobConfig::from_file(&args.job_file) {
         Ok(job) => job,
         Err(err) => {
             eprintln!("ranksweep: {err}");
             return Ok(ExitCode::from(err.class().code()));
         }
     };
+    // The same choice as a worker's: a GPU job never trains on the CPU.
+    if let Err(e) = crate::train::job_run::choose_device(&mut job, None) {
+        eprintln!("ranksweep: `device`: {e}");
+        return Ok(ExitCode::from(if e.is_usage() {
+            super::EXIT_USAGE
+        } else {
+            crate::train::ExitClass::Failed.code()
+        }));
+    }
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{msg:<28} [{bar:30}] {pos}/{len} {elapsed} ETA {eta}")

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::train::job_run::RESULT_FILE;
+use crate::train::job_run::{RESULT_FILE, choose_device};
 use crate::train::signal::install_stop_handler;
 use crate::train::{Event, ExitClass, JobConfig, run_job};
 
@@ -16,8 +16,9 @@ use crate::train::{Event, ExitClass, JobConfig, run_job};
 pub struct WorkerArgs {
     /// The job file (YAML or JSON). Relative paths in it are relative to its folder.
     pub job_file: PathBuf,
-    /// Run on this device instead of the job file's (`cpu`, `cuda:N`): the scheduler pins a
-    /// slot's GPU through CUDA_VISIBLE_DEVICES and passes `cuda:0`.
+    /// Run on this device (`cpu`, `cuda`, `cuda:N`). Without it: RANKSWEEP_DEVICE, else the job
+    /// file's `device`, else the GPU of CUDA_VISIBLE_DEVICES on a CUDA build, else the CPU. A
+    /// GPU job on a build without CUDA or without a visible GPU exits 2.
     #[arg(long)]
     pub device: Option<crate::nn::DeviceSpec>,
 }
@@ -34,18 +35,15 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     // A panic is a bug, not a class of its own: it ends as `failed` with the panic message as
     // the error, like any other failure (the hook has already printed it with its location).
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        JobConfig::from_file(&args.job_file)
-            .map(|mut job| {
-                if let Some(d) = device {
-                    job.device = d;
-                }
-                job
-            })
-            .and_then(|job| {
-                let key = job.output.file_name().unwrap_or_default().to_string_lossy();
-                crate::train::fault::inject(&key);
-                run_job(&job, stop, &mut emit).map(|_| job.output.join(RESULT_FILE))
-            })
+        let mut job = JobConfig::from_file(&args.job_file)?;
+        let key = job.output.file_name().unwrap_or_default().to_string_lossy();
+        crate::train::fault::inject(&key)?;
+        match choose_device(&mut job, device) {
+            Ok(()) => {}
+            Err(e) if e.is_usage() => return Ok(Err(e)),
+            Err(e) => return Err(e.into()),
+        }
+        run_job(&job, stop, &mut emit).map(|_| Ok(job.output.join(RESULT_FILE)))
     }));
     let outcome = match outcome {
         Ok(o) => o,
@@ -65,7 +63,18 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         }
     };
     match outcome {
-        Ok(result) => {
+        // A device this build or host cannot give: the caller's error (exit 2), reported in
+        // the `end` event too so that the orchestrator's attempt row says why.
+        Ok(Err(e)) => {
+            eprintln!("ranksweep: `device`: {e}");
+            emit(&Event::End {
+                class: ExitClass::Failed,
+                error: Some(format!("`device`: {e}")),
+                result: None,
+            });
+            Ok(ExitCode::from(crate::cli::EXIT_USAGE))
+        }
+        Ok(Ok(result)) => {
             emit(&Event::End {
                 class: ExitClass::Ok,
                 error: None,

@@ -133,7 +133,7 @@ pub struct Slot {
 
 impl Slot {
     /// The environment a worker on this slot runs with.
-    pub fn env(&self) -> [(&'static str, String); 4] {
+    pub fn env(&self) -> [(&'static str, String); 5] {
         [
             ("CUDA_VISIBLE_DEVICES", self.device.cuda_visible_devices()),
             ("RAYON_NUM_THREADS", self.threads.to_string()),
@@ -142,6 +142,9 @@ impl Slot {
             ("CANDLE_NUM_THREADS", "1".to_string()),
             // The device spelled as the worker opens it, for workers that take no flag.
             ("RANKSWEEP_DEVICE", self.device.worker_device().to_string()),
+            // CUDA numbers GPUs fastest first unless told otherwise; nvidia-smi (our indices,
+            // the memory queries) numbers them by PCI bus.
+            ("CUDA_DEVICE_ORDER", "PCI_BUS_ID".to_string()),
         ]
     }
 }
@@ -204,9 +207,22 @@ impl SlotPool {
     /// Leases a free slot to `job`: a GPU slot if it needs one, else a CPU slot first (keeping
     /// GPUs for jobs that need them), else any free slot. `None` when no fitting slot is free.
     pub fn lease(&mut self, job: &str, needs_gpu: bool) -> Option<Slot> {
+        self.lease_where(job, needs_gpu, |_| true)
+    }
+
+    /// Like [`SlotPool::lease`], among the free slots that `admit` accepts.
+    pub fn lease_where(
+        &mut self,
+        job: &str,
+        needs_gpu: bool,
+        admit: impl Fn(&Slot) -> bool,
+    ) -> Option<Slot> {
         let free = |want_gpu: bool| {
-            (0..self.slots.len())
-                .find(|&i| self.holder[i].is_none() && self.slots[i].device.is_gpu() == want_gpu)
+            (0..self.slots.len()).find(|&i| {
+                self.holder[i].is_none()
+                    && self.slots[i].device.is_gpu() == want_gpu
+                    && admit(&self.slots[i])
+            })
         };
         let index = if needs_gpu {
             free(true)
@@ -215,6 +231,23 @@ impl SlotPool {
         }?;
         self.holder[index] = Some(job.to_string());
         Some(self.slots[index].clone())
+    }
+
+    /// Jobs running on `device` now.
+    pub fn running_on(&self, device: Device) -> usize {
+        self.slots
+            .iter()
+            .zip(&self.holder)
+            .filter(|(s, h)| s.device == device && h.is_some())
+            .count()
+    }
+
+    /// Whether a GPU slot is free.
+    pub fn gpu_free(&self) -> bool {
+        self.slots
+            .iter()
+            .zip(&self.holder)
+            .any(|(s, h)| s.device.is_gpu() && h.is_none())
     }
 
     /// Returns a slot to the pool. Returns false (and changes nothing) if `job` did not hold it.

@@ -152,6 +152,10 @@ pub enum SweepEvent {
         #[serde(serialize_with = "ser_time")]
         ended: SystemTime,
         retry: bool,
+        /// What ran it, as the worker's `start` event said (`None` if it said nothing).
+        ran_on: Option<String>,
+        /// The most GPU memory the worker's process held, in MiB (sampled on GPU slots).
+        peak_gpu_mb: Option<f64>,
     },
     /// A job reached its final status (ok, a failure class after its last attempt, blocked or
     /// not run). Every job gets exactly one of these.

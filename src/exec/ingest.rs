@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use std::collections::HashMap;
 
+use crate::nn::device::RanOn;
+use crate::store::devices::DeviceRow;
 use crate::store::results::JobRows;
 use crate::store::{CaseMetric, EpochPoint, JobRecord, ParamCount, Store, StoreError, SweepId};
 use crate::train::files::RESULT_FILE;
@@ -80,6 +82,27 @@ pub fn result_rows(key: &str, r: &JobResult) -> JobRows {
         cases,
         epochs,
         params,
+        device: Some(device_row(r)),
+    }
+}
+
+/// What ran a result; a result of a version without `ran_on` is described by its `device`
+/// and `threads`.
+pub fn device_row(r: &JobResult) -> DeviceRow {
+    let ran_on = r.ran_on.clone().unwrap_or_else(|| RanOn {
+        device: r.device.clone(),
+        threads: Some(r.threads),
+        gpu_id: None,
+        gpu: None,
+        driver: None,
+        cuda: None,
+        cudnn: false,
+        precision: r.job.precision(),
+    });
+    DeviceRow {
+        device: ran_on.device.clone(),
+        ran_on: ran_on.to_string(),
+        info: serde_json::to_string(&ran_on).expect("a device record serializes"),
     }
 }
 

@@ -31,6 +31,7 @@ pub mod device;
 pub mod error;
 pub mod estimate;
 pub mod event;
+pub mod gpu_slots;
 pub mod ingest;
 pub mod lease;
 pub mod reporter;

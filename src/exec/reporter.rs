@@ -393,6 +393,8 @@ mod tests {
                 started: now,
                 ended: now,
                 retry: false,
+                ran_on: None,
+                peak_gpu_mb: None,
             },
             SweepEvent::JobFinished {
                 job: "a".into(),

@@ -43,7 +43,23 @@ pub struct ExecJob {
     /// Short human name for bars and logs (e.g. `lora-c r16 fold 2`).
     #[serde(default)]
     pub label: String,
+    /// GPU memory the job is expected to need, in MiB (measured on earlier attempts of its
+    /// shape); [`DEFAULT_GPU_NEED_MB`] when unknown. Admission to a GPU slot that already runs
+    /// jobs waits until that much is free.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_mem_mb: Option<u64>,
 }
+
+/// What a GPU job is assumed to need when nothing was measured: a quickstart-sized job takes a
+/// few hundred MiB, the study's largest a few GiB at batch 8.
+pub const DEFAULT_GPU_NEED_MB: f64 = 2048.0;
+
+/// A job started on a GPU this recently may not have allocated yet: its need still counts
+/// against the GPU's free memory.
+const GPU_WARMUP: Duration = Duration::from_secs(30);
+
+/// How often a held-back GPU job re-checks free memory.
+const GPU_RECHECK: Duration = Duration::from_secs(1);
 
 /// How a worker is started: `program args_before_job_file... JOB_FILE [device_flag DEVICE]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +141,9 @@ pub struct RunConfig {
     pub handle_signals: bool,
     /// Whether a job is already done elsewhere, asked before it starts (none: never).
     pub start_check: Option<StartCheck>,
+    /// Free GPU memory for admission and each GPU attempt's peak; used only with GPU slots.
+    /// `None`: no admission check, no sampling.
+    pub gpu: Option<std::sync::Arc<dyn crate::nn::gpu::GpuQuery>>,
 }
 
 impl RunConfig {
@@ -140,6 +159,7 @@ impl RunConfig {
             cancel: Cancel::new(),
             handle_signals: false,
             start_check: None,
+            gpu: Some(std::sync::Arc::new(crate::nn::gpu::NvidiaSmi::default())),
         }
     }
 }
@@ -147,9 +167,12 @@ impl RunConfig {
 #[derive(Debug, Clone)]
 enum State {
     /// Waiting for a slot or its dependencies; `last` is the class of a previous attempt.
+    /// After an out-of-memory attempt, `oom_shared` is how many jobs shared its GPU then: the
+    /// retry waits for a GPU slot where fewer do.
     Pending {
         next_attempt: u32,
         last: Option<ExitClass>,
+        oom_shared: Option<usize>,
     },
     Running,
     Done(JobStatus),
@@ -204,10 +227,15 @@ pub async fn run(
     let mut states = vec![
         State::Pending {
             next_attempt: 1,
-            last: None
+            last: None,
+            oom_shared: None,
         };
         jobs.len()
     ];
+    let gpu = config.gpu.clone().filter(|_| pool.has_gpu());
+    // Jobs started on a GPU within GPU_WARMUP: (device, when, need).
+    let mut warming: Vec<(super::Device, Instant, f64)> = Vec::new();
+    let mut gpu_warned = false;
     let mut running: JoinSet<Finished> = JoinSet::new();
     let mut in_flight: HashMap<tokio::task::Id, (usize, Slot, u32)> = HashMap::new();
     let mut attempts = 0u32;
@@ -220,10 +248,35 @@ pub async fn run(
                 send(SweepEvent::Cancelling { reason });
             }
         }
+        let mut held_back = false;
         if level.is_none() {
+            // Free memory per GPU, asked once per round and only when a GPU slot is free.
+            warming.retain(|(_, t, _)| t.elapsed() < GPU_WARMUP);
+            let free_mb: std::collections::HashMap<u32, f64> = match &gpu {
+                Some(q) if pool.gpu_free() => {
+                    let q = q.clone();
+                    match tokio::task::spawn_blocking(move || q.memory()).await {
+                        Ok(Ok(m)) => m.into_iter().map(|g| (g.index, g.free_mb)).collect(),
+                        Ok(Err(e)) => {
+                            if !gpu_warned {
+                                tracing::warn!("no GPU memory admission: {e}");
+                                gpu_warned = true;
+                            }
+                            Default::default()
+                        }
+                        Err(_) => Default::default(),
+                    }
+                }
+                _ => Default::default(),
+            };
             // Dispatch every ready job, in input order, that a free slot fits.
             for (i, job) in jobs.iter().enumerate() {
-                let State::Pending { next_attempt, .. } = states[i] else {
+                let State::Pending {
+                    next_attempt,
+                    oom_shared,
+                    ..
+                } = states[i]
+                else {
                     continue;
                 };
                 let ready = job
@@ -233,7 +286,40 @@ pub async fn run(
                 if !ready {
                     continue;
                 }
-                let Some(slot) = pool.lease(&job.id, job.needs_gpu) else {
+                let need = job.gpu_mem_mb.map_or(DEFAULT_GPU_NEED_MB, |m| m as f64);
+                let busy: std::collections::HashMap<super::Device, usize> = pool
+                    .slots()
+                    .iter()
+                    .map(|s| (s.device, pool.running_on(s.device)))
+                    .collect();
+                let admit = |slot: &Slot| {
+                    let super::Device::Cuda(g) = slot.device else {
+                        return true;
+                    };
+                    let others = busy.get(&slot.device).copied().unwrap_or(0);
+                    // An oom retry runs with fewer jobs on its GPU than when it ran out.
+                    if let Some(n) = oom_shared
+                        && others + 1 > n.saturating_sub(1).max(1)
+                    {
+                        return false;
+                    }
+                    // Alone on its GPU a job always starts: there is nothing to wait for.
+                    if others == 0 {
+                        return true;
+                    }
+                    let Some(free) = free_mb.get(&g) else {
+                        return true;
+                    };
+                    let reserved: f64 = warming
+                        .iter()
+                        .filter(|(d, _, _)| *d == slot.device)
+                        .map(|(_, _, n)| n)
+                        .sum();
+                    free - reserved >= need
+                };
+                let Some(slot) = pool.lease_where(&job.id, job.needs_gpu, admit) else {
+                    // A free GPU slot that admission refused: look again soon.
+                    held_back |= pool.gpu_free();
                     continue;
                 };
                 if let Some(why) = config.start_check.as_ref().and_then(|c| (c.0)(&job.id)) {
@@ -245,14 +331,26 @@ pub async fn run(
                     finish(&mut states, i, status, &jobs, &send);
                     continue;
                 }
+                if slot.device.is_gpu() {
+                    warming.push((slot.device, Instant::now(), need));
+                }
                 states[i] = State::Running;
                 attempts += 1;
                 let (job_c, slot_c, worker) = (job.clone(), slot.clone(), config.worker.clone());
                 let (cancel, tx) = (config.cancel.subscribe(), events.clone());
+                let sampler = gpu.clone().filter(|_| slot.device.is_gpu());
                 let handle = running.spawn(async move {
-                    let report =
-                        run_attempt(&job_c, next_attempt, &slot_c, &worker, limits, cancel, &tx)
-                            .await;
+                    let report = run_attempt(
+                        &job_c,
+                        next_attempt,
+                        &slot_c,
+                        &worker,
+                        limits,
+                        sampler,
+                        cancel,
+                        &tx,
+                    )
+                    .await;
                     Finished {
                         job: i,
                         slot: slot_c,
@@ -263,10 +361,11 @@ pub async fn run(
                 in_flight.insert(handle.id(), (i, slot, next_attempt));
             }
         }
-        if running.is_empty() {
+        if running.is_empty() && !held_back {
             break;
         }
         tokio::select! {
+            () = tokio::time::sleep(GPU_RECHECK), if held_back => {}
             joined = running.join_next_with_id() => {
                 let Some(joined) = joined else { continue };
                 let finished = match joined {
@@ -283,18 +382,18 @@ pub async fn run(
                             slot,
                             attempt,
                             report: AttemptReport {
-                                class: ExitClass::Failed,
-                                detail: Some(format!("the attempt's supervisor failed: {e}")),
-                                exit_code: None,
-                                signal: None,
                                 started: now,
-                                ended: now,
-                                held: None,
+                                ..AttemptReport::not_started(
+                                    now,
+                                    format!("the attempt's supervisor failed: {e}"),
+                                )
                             },
                         }
                     }
                 };
                 let job = &jobs[finished.job];
+                // Jobs on its GPU when it ended, itself included.
+                let shared = pool.running_on(finished.slot.device);
                 pool.release(finished.slot.index, &job.id);
                 if let Some(held) = &finished.report.held {
                     // Another run's job: nothing started, nothing to record or retry here.
@@ -332,11 +431,16 @@ pub async fn run(
                     started: finished.report.started,
                     ended: finished.report.ended,
                     retry,
+                    ran_on: finished.report.ran_on.clone(),
+                    peak_gpu_mb: finished.report.peak_gpu_mb,
                 });
                 if retry {
+                    let oom_shared = (class == ExitClass::Oom && finished.slot.device.is_gpu())
+                        .then_some(shared);
                     states[finished.job] = State::Pending {
                         next_attempt: finished.attempt + 1,
                         last: Some(class),
+                        oom_shared,
                     };
                     continue;
                 }
@@ -361,7 +465,10 @@ pub async fn run(
     // Whatever was still pending was never started: the run was cancelled.
     // A job waiting for a retry ends with the class of its last attempt.
     for i in 0..jobs.len() {
-        if let State::Pending { next_attempt, last } = states[i] {
+        if let State::Pending {
+            next_attempt, last, ..
+        } = states[i]
+        {
             let status = match last {
                 Some(class) => JobStatus::Finished {
                     class,
@@ -601,6 +708,7 @@ mod tests {
             dir: format!("jobs/{id}").into(),
             needs_gpu: false,
             label: id.into(),
+            gpu_mem_mb: None,
         }
     }
 
@@ -677,7 +785,8 @@ mod tests {
         let mut states = vec![
             State::Pending {
                 next_attempt: 1,
-                last: None
+                last: None,
+                oom_shared: None,
             };
             4
         ];

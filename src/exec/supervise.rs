@@ -32,6 +32,9 @@ pub(crate) struct Limits {
     pub grace: Duration,
 }
 
+/// Samples a worker's GPU memory (GPU slots only); `None` on CPU slots.
+pub(crate) type GpuSampler = Option<std::sync::Arc<dyn crate::nn::gpu::GpuQuery>>;
+
 /// How an attempt ended.
 #[derive(Debug, Clone)]
 pub(crate) struct AttemptReport {
@@ -44,10 +47,14 @@ pub(crate) struct AttemptReport {
     /// Set when the job's lease is held by another live orchestrator: nothing was started,
     /// and the job is that run's, not a failure of this one.
     pub held: Option<Lease>,
+    /// The worker's own words on what ran it (its `start` event's `ran_on`).
+    pub ran_on: Option<String>,
+    /// The most GPU memory the worker held, in MiB, when sampled.
+    pub peak_gpu_mb: Option<f64>,
 }
 
 impl AttemptReport {
-    fn not_started(started: SystemTime, detail: String) -> Self {
+    pub(crate) fn not_started(started: SystemTime, detail: String) -> Self {
         AttemptReport {
             class: ExitClass::Failed,
             detail: Some(detail),
@@ -56,9 +63,14 @@ impl AttemptReport {
             started,
             ended: SystemTime::now(),
             held: None,
+            ran_on: None,
+            peak_gpu_mb: None,
         }
     }
 }
+
+/// How often a GPU attempt's memory is sampled.
+const GPU_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// The stdout log of an attempt; its stderr goes to the same name with `.stderr.log`.
 pub(crate) fn log_paths(dir: &Path, attempt: u32) -> (PathBuf, PathBuf) {
@@ -72,6 +84,7 @@ pub(crate) async fn run_attempt(
     slot: &Slot,
     worker: &WorkerCommand,
     limits: Limits,
+    gpu: GpuSampler,
     mut cancel: watch::Receiver<Option<CancelReason>>,
     events: &mpsc::UnboundedSender<SweepEvent>,
 ) -> AttemptReport {
@@ -95,6 +108,7 @@ pub(crate) async fn run_attempt(
         slot,
         worker,
         limits,
+        gpu,
         &mut cancel,
         events,
         started,
@@ -133,6 +147,7 @@ async fn supervise(
     slot: &Slot,
     worker: &WorkerCommand,
     limits: Limits,
+    gpu: GpuSampler,
     cancel: &mut watch::Receiver<Option<CancelReason>>,
     events: &mpsc::UnboundedSender<SweepEvent>,
     started: SystemTime,
@@ -185,9 +200,18 @@ async fn supervise(
     // Every stdout line goes to the log; the protocol's JSON lines also become progress.
     // The error of the worker's `end` event, to say why an attempt failed beyond its code.
     let mut worker_error: Option<String> = None;
+    let mut ran_on: Option<String> = None;
     let mut on_line = |bytes: &[u8]| {
         let _ = log.write_all(bytes).and_then(|()| log.write_all(b"\n"));
         let line = String::from_utf8_lossy(bytes);
+        if ran_on.is_none()
+            && line.contains("\"ran_on\"")
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v["event"] == "start"
+            && let Ok(r) = serde_json::from_value::<crate::nn::device::RanOn>(v["ran_on"].clone())
+        {
+            ran_on = Some(r.to_string());
+        }
         if line.contains("\"end\"")
             && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
             && v["event"] == "end"
@@ -221,10 +245,27 @@ async fn supervise(
         kill_at = Some(stop_group(pgid, reason, limits.grace));
     }
 
+    let mut peak_gpu_mb: Option<f64> = None;
+    let mut sample_at = t0;
     let status = loop {
         let watchdog_at = limits.watchdog.map_or(far, |w| last_line + w);
         tokio::select! {
             status = child.wait() => break status,
+            () = sleep_until(sample_at), if gpu.is_some() => {
+                sample_at = Instant::now() + GPU_SAMPLE_EVERY;
+                if let Some(q) = gpu.clone() {
+                    // nvidia-smi blocks for a while: off the async threads.
+                    let used = tokio::task::spawn_blocking(move || q.processes())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .and_then(|ps| ps.into_iter().find(|p| p.pid == pid))
+                        .map(|p| p.used_mb);
+                    if let Some(mb) = used {
+                        peak_gpu_mb = Some(peak_gpu_mb.map_or(mb, |m: f64| m.max(mb)));
+                    }
+                }
+            }
             line = lines.next_segment(), if stdout_open => match line {
                 Ok(Some(bytes)) => {
                     last_line = Instant::now();
@@ -306,6 +347,8 @@ async fn supervise(
         started,
         ended,
         held: None,
+        ran_on,
+        peak_gpu_mb,
     }
 }
 

@@ -653,9 +653,56 @@ pub fn write_job_file(j: &PlannedJob) -> anyhow::Result<PathBuf> {
     Ok(job_file)
 }
 
+/// Refuses GPUs this binary or host cannot use, before anything runs: a build without CUDA, or
+/// a CUDA build that sees fewer GPUs than `--devices` names.
+pub fn check_gpus_usable(devices: &[super::Device]) -> anyhow::Result<()> {
+    let gpus: Vec<String> = devices
+        .iter()
+        .filter(|d| d.is_gpu())
+        .map(|d| d.to_string())
+        .collect();
+    if gpus.is_empty() {
+        return Ok(());
+    }
+    if !crate::nn::device::cuda_built() {
+        anyhow::bail!(
+            "`--devices {}`: this ranksweep was built without CUDA, so its workers cannot train on a GPU; {}",
+            gpus.join(","),
+            crate::nn::device::CUDA_BUILD_HINT
+        );
+    }
+    let seen = crate::nn::device::visible_gpus();
+    if let Some(missing) = devices
+        .iter()
+        .find(|d| matches!(d, super::Device::Cuda(i) if *i as usize >= seen))
+    {
+        anyhow::bail!("`--devices`: `{missing}` is not here: this host shows {seen} GPU(s)");
+    }
+    Ok(())
+}
+
+/// The memory of the smallest of `devices`' GPUs (MiB), as `nvidia-smi` reports it.
+fn smallest_gpu_mb(devices: &[super::Device]) -> Option<f64> {
+    use crate::nn::gpu::GpuQuery;
+    let mem = crate::nn::gpu::NvidiaSmi::default().memory().ok()?;
+    devices
+        .iter()
+        .filter_map(|d| match d {
+            super::Device::Cuda(i) => mem.iter().find(|g| g.index == *i).map(|g| g.total_mb),
+            super::Device::Cpu => None,
+        })
+        .reduce(f64::min)
+}
+
 /// Runs a sweep end to end on this machine.
 pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
     let db = opts.db.clone();
+    // A bad `--devices`, or GPUs this build or host cannot use, is a usage error before anything
+    // is recorded.
+    let devices = parse_devices(&opts.devices)?;
+    if !opts.dry_run {
+        check_gpus_usable(&devices)?;
+    }
     let Prepared {
         spec,
         mut plan,
@@ -693,8 +740,6 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
             exit_code: 0,
         });
     }
-    // A bad `--devices` is a usage error before anything is recorded.
-    let devices = parse_devices(&opts.devices)?;
     let reused = reuse_done_elsewhere(&mut store, sweep, &mut plan, &decisions)?;
     if reused > 0 {
         eprintln!(
@@ -733,8 +778,21 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
         std::process::id(),
         &covered,
     )?;
+    let has_gpu = devices.iter().any(|d| d.is_gpu());
+    let peaks = if has_gpu {
+        super::gpu_slots::peaks_by_shape(&store.gpu_peaks()?)
+    } else {
+        Default::default()
+    };
     let mut jobs = Vec::new();
+    let mut largest_need: Option<u64> = None;
+    let mut unmeasured = false;
     for j in plan.jobs.iter().filter(|j| to_run.contains(j.key.as_str())) {
+        let need = super::gpu_slots::need_mb(&j.config, &peaks);
+        match need {
+            Some(n) => largest_need = Some(largest_need.map_or(n, |m| m.max(n))),
+            None => unmeasured = true,
+        }
         let job_file = write_job_file(j)?;
         jobs.push(ExecJob {
             id: j.key.clone(),
@@ -747,18 +805,33 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
                 .collect(),
             job_file,
             dir: j.config.output.clone(),
-            needs_gpu: false,
+            // With GPUs given, training runs on them; evaluation takes a CPU slot if any.
+            needs_gpu: has_gpu && j.stage.trains(),
             label: j.label.clone(),
+            gpu_mem_mb: need,
         });
     }
+    // Measured only if every job that runs has a measured shape.
+    let need = if unmeasured { None } else { largest_need };
     let slots = SlotConfig {
-        slots_per_device: opts
-            .slots_per_device
-            .unwrap_or(if devices.iter().any(|d| d.is_gpu()) {
-                1
+        slots_per_device: opts.slots_per_device.unwrap_or_else(|| {
+            if has_gpu {
+                let total = smallest_gpu_mb(&devices);
+                let n = super::gpu_slots::slots_per_gpu(need, total);
+                eprintln!(
+                    "ranksweep: {n} job(s) per GPU ({}; --slots-per-device to set)",
+                    match (need, total) {
+                        (Some(need), Some(total)) =>
+                            format!("measured peak {need} MiB with headroom, GPU {total:.0} MiB"),
+                        _ => "no measurement of these job shapes yet: the conservative default"
+                            .to_string(),
+                    }
+                );
+                n
             } else {
                 2
-            }),
+            }
+        }),
         threads_per_job: opts.threads_per_job.unwrap_or(spec.resources.threads),
         devices,
     };
@@ -827,6 +900,8 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
                     class,
                     detail,
                     exit_code,
+                    ran_on,
+                    peak_gpu_mb,
                     ..
                 } => {
                     let id = match open.remove(&(job.clone(), *attempt)) {
@@ -842,6 +917,7 @@ pub fn run_sweep(opts: &RunOptions) -> anyhow::Result<SweepOutcome> {
                             },
                         )?,
                     };
+                    store.record_attempt_device(id, ran_on.as_deref(), *peak_gpu_mb)?;
                     let mut class = crate::store::ExitClass::from(*class);
                     let mut error = detail.clone();
                     if class == crate::store::ExitClass::Ok

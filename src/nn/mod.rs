@@ -7,6 +7,7 @@
 
 pub mod cpu;
 pub mod device;
+pub mod gpu;
 #[cfg(test)]
 pub(crate) mod gradcheck;
 pub mod ops;

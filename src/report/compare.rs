@@ -407,6 +407,7 @@ mod tests {
 
     fn sweep(name: &str, cells: Vec<CellResult>) -> ReportInput {
         ReportInput {
+            ran_on: Vec::new(),
             sweep: name.into(),
             cells,
         }

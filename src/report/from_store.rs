@@ -163,6 +163,7 @@ fn input_from_jobs(
         cells.push(cell);
     }
     Ok(ReportInput {
+        ran_on: store.ran_on_counts(sweep)?,
         sweep: name.to_string(),
         cells,
     })

@@ -21,6 +21,10 @@ pub struct ReportInput {
     pub sweep: String,
     /// One entry per cell, in any order (the report sorts them).
     pub cells: Vec<CellResult>,
+    /// What ran the sweep's results: each device line (`cpu (2 threads), f32`, `NVIDIA H200
+    /// (GPU 0), driver …, cuDNN on, bf16`) with its number of jobs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ran_on: Vec<(String, usize)>,
 }
 
 /// One cell: an adaptation of one module at one rank, over all its folds.
@@ -238,6 +242,7 @@ mod tests {
     #[test]
     fn validation_names_the_cell_and_the_field() {
         let mut input = ReportInput {
+            ran_on: Vec::new(),
             sweep: "s".into(),
             cells: vec![cell(AdaptationKind::Full, Some("decoder"), None)],
         };

@@ -206,6 +206,20 @@ fn best_line(table: &Table) -> String {
     }
 }
 
+/// `Ran on: NVIDIA H200 (GPU 0), …, f32 (12 jobs); cpu (2 threads), f32 (1 job).`, or nothing
+/// when no result says.
+pub fn ran_on_line(table: &Table) -> Option<String> {
+    if table.ran_on.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = table
+        .ran_on
+        .iter()
+        .map(|(what, n)| format!("{what} ({n} job{})", if *n == 1 { "" } else { "s" }))
+        .collect();
+    Some(format!("Ran on: {}.", parts.join("; ")))
+}
+
 fn markdown(table: &Table, grids: &[render::Grid], charts: &[ChartFile]) -> String {
     let mut s = format!("# Report: sweep {}\n\n", render::escape_md(&table.sweep));
     s.push_str(&format!(
@@ -213,6 +227,9 @@ fn markdown(table: &Table, grids: &[render::Grid], charts: &[ChartFile]) -> Stri
         render::escape_md(&best_line(table)),
         LEGEND
     ));
+    if let Some(line) = ran_on_line(table) {
+        s.push_str(&format!("{}\n\n", render::escape_md(&line)));
+    }
     for g in grids {
         s.push_str(&g.to_markdown());
         s.push('\n');
@@ -250,6 +267,9 @@ figure{{margin:1em 0}}svg{{max-width:100%;height:auto}}\n</style>\n</head>\n<bod
         render::escape_html(&best_line(table)),
         render::escape_html(LEGEND)
     ));
+    if let Some(line) = ran_on_line(table) {
+        s.push_str(&format!("<p>{}</p>\n", render::escape_html(&line)));
+    }
     for g in grids {
         s.push_str(&g.to_html());
     }

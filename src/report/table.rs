@@ -26,6 +26,9 @@ pub struct Table {
     pub strata: Vec<String>,
     /// Rows sorted by kind, module, rank, alpha.
     pub rows: Vec<Row>,
+    /// [`ReportInput::ran_on`].
+    #[serde(default)]
+    pub ran_on: Vec<(String, usize)>,
 }
 
 /// One cell's line of the table.
@@ -142,6 +145,7 @@ pub fn build_table(input: &ReportInput, strata: &Strata) -> Result<Table, Report
         sweep: input.sweep.clone(),
         strata: strata.labels(),
         rows,
+        ran_on: input.ran_on.clone(),
     })
 }
 
@@ -331,6 +335,7 @@ mod tests {
     #[test]
     fn rows_pool_folds_and_split_strata() {
         let input = ReportInput {
+            ran_on: Vec::new(),
             sweep: "t".into(),
             cells: vec![cell(
                 AdaptationKind::LoraC,
@@ -362,6 +367,7 @@ mod tests {
     #[test]
     fn tests_pair_by_case_and_best_cells_are_marked() {
         let input = ReportInput {
+            ran_on: Vec::new(),
             sweep: "t".into(),
             cells: vec![
                 cell(

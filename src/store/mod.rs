@@ -12,6 +12,7 @@
 //! at most once at a time. Re-planning marks jobs and cells no longer in the spec inactive and
 //! keeps everything already recorded, so a rerun resumes.
 
+pub mod devices;
 pub mod history;
 pub mod results;
 pub mod reuse;
@@ -246,6 +247,10 @@ pub struct AttemptRecord {
     pub class: Option<ExitClass>,
     pub exit_code: Option<i32>,
     pub error: Option<String>,
+    /// What ran it, as the worker said (schema 5).
+    pub ran_on: Option<String>,
+    /// The most GPU memory its worker held, in MiB (GPU attempts).
+    pub peak_gpu_mb: Option<f64>,
 }
 
 /// Metrics of one evaluated case. NaN Dice/HD95 are stored as NULL and read back as NaN.
@@ -1051,7 +1056,7 @@ impl Store {
             .conn
             .prepare(
                 "SELECT id, number, host, device, pid, started_at, ended_at, exit_class,
-                        exit_code, error
+                        exit_code, error, ran_on, peak_gpu_mb
                  FROM attempts WHERE job = ?1 ORDER BY number",
             )
             .map_err(&err)?;
@@ -1066,6 +1071,8 @@ impl Store {
             Option<String>,
             Option<i32>,
             Option<String>,
+            Option<String>,
+            Option<f64>,
         );
         let raws: Vec<Raw> = st
             .query_map([job], |r| {
@@ -1080,6 +1087,8 @@ impl Store {
                     r.get(7)?,
                     r.get(8)?,
                     r.get(9)?,
+                    r.get(10)?,
+                    r.get(11)?,
                 ))
             })
             .map_err(&err)?
@@ -1087,7 +1096,20 @@ impl Store {
             .map_err(&err)?;
         raws.into_iter()
             .map(
-                |(id, number, host, device, pid, started_at, ended_at, class, exit_code, error)| {
+                |(
+                    id,
+                    number,
+                    host,
+                    device,
+                    pid,
+                    started_at,
+                    ended_at,
+                    class,
+                    exit_code,
+                    error,
+                    ran_on,
+                    peak_gpu_mb,
+                )| {
                     let class = match class {
                         None => None,
                         Some(c) => Some(
@@ -1106,6 +1128,8 @@ impl Store {
                         class,
                         exit_code,
                         error,
+                        ran_on,
+                        peak_gpu_mb,
                     })
                 },
             )
@@ -1367,7 +1391,7 @@ grid:
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(tables, 11);
+        assert_eq!(tables, 12);
         // Migration 3 replaced the per-point table.
         let names: Vec<String> = b
             .conn
@@ -1626,6 +1650,7 @@ grid:
                 cases: cases.to_vec(),
                 epochs: epochs.to_vec(),
                 params: params.to_vec(),
+                device: None,
             }]
         };
         st.record_results(sw, &rows(&cases, &[], &[]), false)

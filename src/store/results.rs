@@ -32,6 +32,8 @@ pub struct JobRows {
     pub cases: Vec<CaseMetric>,
     pub epochs: Vec<EpochPoint>,
     pub params: Vec<ParamCount>,
+    /// What ran the job (`result.json`'s `ran_on`); `None` leaves an earlier row.
+    pub device: Option<super::devices::DeviceRow>,
 }
 
 impl Store {
@@ -85,6 +87,12 @@ impl Store {
                      VALUES (?1, ?2, ?3, ?4)",
                 )
                 .map_err(&err)?;
+            let mut device = tx
+                .prepare(
+                    "INSERT OR REPLACE INTO job_devices (job, device, ran_on, info)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(&err)?;
             let mut done = tx
                 .prepare("UPDATE jobs SET status = 'done', updated_at = ?2 WHERE id = ?1 AND status <> 'done'")
                 .map_err(&err)?;
@@ -122,6 +130,11 @@ impl Store {
                 for c in &j.params {
                     count
                         .execute(params![id, c.scope, c.total as i64, c.trainable as i64])
+                        .map_err(&err)?;
+                }
+                if let Some(d) = &j.device {
+                    device
+                        .execute(params![id, d.device, d.ran_on, d.info])
                         .map_err(&err)?;
                 }
                 if mark_done {

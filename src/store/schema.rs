@@ -178,6 +178,24 @@ DROP TABLE epochs;
 -- (A run whose process died is ended by a later run: `ended_at` set, `exit_code` NULL.)
 ALTER TABLE jobs ADD COLUMN result_of INTEGER REFERENCES jobs(id);
 "#,
+    // 5: what ran each attempt and each result: the device is chosen where a job runs, not in
+    // its plan, so only the worker can say (#11).
+    r#"
+-- `ran_on`: one line from the worker's start event, e.g. `NVIDIA H200 (GPU 0), driver
+-- 580.65.06, CUDA 13.0, cuDNN on, bf16` or `cpu (2 threads), f32`; NULL when the worker said
+-- nothing (it failed before opening its device). `peak_gpu_mb`: the most GPU memory the
+-- worker's process held, sampled by the orchestrator with nvidia-smi (GPU attempts only).
+ALTER TABLE attempts ADD COLUMN ran_on TEXT;
+ALTER TABLE attempts ADD COLUMN peak_gpu_mb REAL;
+-- From `result.json` at ingest (local or cluster): `device` `cpu` or `cuda:N`, `ran_on` the
+-- line above, `info` the worker's record as JSON.
+CREATE TABLE job_devices (
+    job     INTEGER PRIMARY KEY REFERENCES jobs(id),
+    device  TEXT NOT NULL,
+    ran_on  TEXT NOT NULL,
+    info    TEXT NOT NULL
+);
+"#,
 ];
 
 /// The schema version this build writes.

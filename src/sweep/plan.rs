@@ -125,10 +125,12 @@ pub fn job_key(config: &JobConfig, fp: &Fingerprints, needs: &[String]) -> Strin
         .collect()
 }
 
-/// The part of a job config its key hashes: the JSON with every path left out. Two configs
+/// The part of a job config its key hashes: the JSON with every path and the device left out. Two configs
 /// with the same canonical JSON differ only in where their files are.
 pub fn canonical_config(config: &JobConfig) -> String {
     let mut c = config.clone();
+    // Where a job runs never changes its key (nor does a hand-set `device`).
+    c.device = None;
     c.output = PathBuf::new();
     c.data.dataset = PathBuf::new();
     c.data.splits = None;
@@ -171,7 +173,8 @@ pub fn plan(spec: &Spec, fp: &Fingerprints, results: &Path) -> Plan {
                 base: PerView::default(),
                 adapters: PerView::default(),
                 seed,
-                device: crate::nn::DeviceSpec::Cpu,
+                // Chosen where the job runs (worker --device, RANKSWEEP_DEVICE).
+                device: None,
                 threads,
                 output: PathBuf::new(),
                 timeout_s,
@@ -261,7 +264,7 @@ fn cell_job(
         base,
         adapters: PerView::default(),
         seed,
-        device: crate::nn::DeviceSpec::Cpu,
+        device: None,
         threads: spec.resources.threads,
         output: PathBuf::new(),
         timeout_s: Some(spec.resources.timeout.as_secs_f64()),
@@ -502,5 +505,18 @@ grid:
         assert_eq!(canonical_config(&moved), canonical_config(&j.config));
         moved.seed += 1;
         assert_ne!(canonical_config(&moved), canonical_config(&j.config));
+    }
+
+    #[test]
+    fn planned_jobs_carry_no_device_and_keys_ignore_it() {
+        let a = plan_of(&text(PRE, FT, ""), &fp());
+        for j in &a.jobs {
+            assert_eq!(j.config.device, None, "{}", j.label);
+            let json = serde_json::to_string(&j.config).unwrap();
+            assert!(!json.contains("\"device\""), "{json}");
+            let mut on_gpu = j.config.clone();
+            on_gpu.device = Some(crate::nn::DeviceSpec::Cuda(3));
+            assert_eq!(job_key(&on_gpu, &fp(), &j.needs), j.key);
+        }
     }
 }

@@ -40,7 +40,52 @@ pub struct TrainStepReport {
     /// Forward conv FLOPs × 3 (forward + two backward products) per second.
     pub gflops: f64,
     pub peak_rss_mb: f64,
+    /// The most GPU memory this process held (MiB), sampled with `nvidia-smi` every 100 ms;
+    /// `None` on the CPU or without `nvidia-smi`.
+    pub peak_gpu_mb: Option<f64>,
     pub final_loss: f32,
+}
+
+/// Samples this process's GPU memory in the background until dropped; `peak` then holds the
+/// maximum seen.
+struct GpuPeak {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Option<f64>>>,
+}
+
+impl GpuPeak {
+    fn start() -> GpuPeak {
+        use crate::nn::gpu::GpuQuery;
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let smi = crate::nn::gpu::NvidiaSmi::default();
+            let me = std::process::id();
+            let mut peak: Option<f64> = None;
+            loop {
+                let Ok(ps) = smi.processes() else {
+                    return peak;
+                };
+                if let Some(p) = ps.iter().find(|p| p.pid == me) {
+                    peak = Some(peak.map_or(p.used_mb, |m| m.max(p.used_mb)));
+                }
+                if flag.load(Ordering::SeqCst) {
+                    return peak;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        GpuPeak {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn finish(mut self) -> Option<f64> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.take().and_then(|h| h.join().ok().flatten())
+    }
 }
 
 /// Multiply-add FLOPs (×2) of every conv in one forward pass.
@@ -85,6 +130,7 @@ pub fn run(b: &TrainStepBench) -> anyhow::Result<TrainStepReport> {
     anyhow::ensure!(b.batch > 0, "`--batch`: expected a positive integer");
     anyhow::ensure!(b.steps > 0, "`--steps`: expected a positive integer");
     let device = b.device.open()?;
+    let gpu_peak = matches!(b.device, DeviceSpec::Cuda(_)).then(GpuPeak::start);
     let mut model = Unet2d::init(&b.model, 0, &device)?;
     let mode = match &b.adaptation {
         None => {
@@ -122,6 +168,7 @@ pub fn run(b: &TrainStepBench) -> anyhow::Result<TrainStepReport> {
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
+    let peak_gpu_mb = gpu_peak.and_then(GpuPeak::finish);
     Ok(TrainStepReport {
         mode,
         features: b.model.features.clone(),
@@ -136,6 +183,7 @@ pub fn run(b: &TrainStepBench) -> anyhow::Result<TrainStepReport> {
         min_step_s: times[0],
         gflops: 3.0 * forward_conv_flops(&b.model, b.batch, b.size) / median / 1e9,
         peak_rss_mb: peak_rss_mb(),
+        peak_gpu_mb,
         final_loss: loss,
     })
 }

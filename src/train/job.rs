@@ -199,13 +199,16 @@ pub struct JobConfig {
     /// Seeds the model and adapter initialisation and the batch sampler (default 0).
     #[serde(default)]
     pub seed: u64,
-    /// `cpu` (default) or `cuda:N`.
+    /// `cpu` or `cuda:N`; absent (default, and always in planned jobs) means the device is
+    /// chosen where the job runs (`worker --device`, RANKSWEEP_DEVICE, CUDA_VISIBLE_DEVICES:
+    /// see `nn::device`). Never part of the job key.
     #[serde(
-        default = "default_device",
-        serialize_with = "ser_display",
-        deserialize_with = "de_fromstr"
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_opt_display",
+        deserialize_with = "de_opt_fromstr"
     )]
-    pub device: DeviceSpec,
+    pub device: Option<DeviceSpec>,
     /// CPU threads for this job; 0 (default) = rayon's default (`RAYON_NUM_THREADS` or all
     /// cores).
     #[serde(default)]
@@ -282,12 +285,23 @@ fn default_views() -> Vec<View> {
     vec![View::Axial]
 }
 
-fn default_device() -> DeviceSpec {
-    DeviceSpec::Cpu
+fn ser_opt_display<T: std::fmt::Display, S: Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
 }
 
-fn ser_display<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
+fn de_opt_fromstr<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+    D: Deserializer<'de>,
+{
+    de_fromstr(d).map(Some)
 }
 
 fn ser_label_map<S: Serializer>(v: &LabelMap, s: S) -> Result<S::Ok, S::Error> {
@@ -443,6 +457,25 @@ fn is_oom(message: &str) -> bool {
 }
 
 impl JobConfig {
+    /// The job's `train.precision` (`f32` or `bf16`), `f32` when the field is absent. Read
+    /// through the serialized form so that it works whether or not this build's
+    /// [`TrainConfig`] has the field.
+    pub fn precision(&self) -> String {
+        serde_json::to_value(&self.train)
+            .ok()
+            .and_then(|v| {
+                v.get("precision")
+                    .and_then(|p| p.as_str())
+                    .map(String::from)
+            })
+            .unwrap_or_else(|| "f32".to_string())
+    }
+
+    /// The device the job runs on once the worker chose it (`cpu` if nobody did).
+    pub fn device_or_cpu(&self) -> DeviceSpec {
+        self.device.unwrap_or(DeviceSpec::Cpu)
+    }
+
     /// Parses YAML (JSON is YAML too) and validates. Relative paths stay relative.
     pub fn from_text(text: &str) -> Result<JobConfig, JobError> {
         let job: JobConfig = serde_yaml::from_str(text).map_err(|e| JobError::Parse {
@@ -715,7 +748,8 @@ output: out/job1
         assert_eq!(job.train.selection, Selection::BestVal);
         assert_eq!(job.data.folds, 5);
         assert_eq!(job.data.strata, Strata::default());
-        assert_eq!(job.device, DeviceSpec::Cpu);
+        assert_eq!(job.device, Some(DeviceSpec::Cpu));
+        assert_eq!(job.precision(), "f32");
         assert_eq!(job.adaptation.rank, Some(4));
         assert_eq!(job.optimizer.lr, 0.01);
         assert_eq!(job.optimizer.beta2, 0.999);
@@ -801,6 +835,12 @@ output: out/job1
         assert_eq!(job.data.fold, None);
         assert_eq!(job.train, TrainConfig::default());
         assert_eq!(job.data.labels, LabelMap::NonZero);
+        assert_eq!(job.device, None);
+        let json = serde_json::to_string(&job).unwrap();
+        assert!(
+            !json.contains("device"),
+            "a job without a device writes none: {json}"
+        );
     }
 
     #[test]

@@ -48,6 +48,18 @@ use crate::data::sampling::{SamplerConfig, SliceSampler, TrainCase};
 use crate::metrics::{CaseMetrics, Confusion, Evaluation, NamedCase, mean_sd};
 use crate::model::checkpoint::{file_sha256, load_base, save_adapter, save_base, write_atomic};
 use crate::model::{AdaptationSpec, Selector, Unet2d};
+use crate::nn::DeviceSpec;
+use crate::nn::device::{DeviceEnv, DeviceError, RanOn, cuda_built, resolve, visible_gpus};
+
+/// Sets `job.device` to the device this process runs it on: `flag`, else RANKSWEEP_DEVICE, else
+/// the job file's, else the environment's GPU on a CUDA build, else the CPU. A GPU job on a build
+/// without CUDA or without a visible GPU is an error ([`DeviceError::is_usage`]).
+pub fn choose_device(job: &mut JobConfig, flag: Option<DeviceSpec>) -> Result<(), DeviceError> {
+    let env = DeviceEnv::from_process();
+    let gpus = if cuda_built() { visible_gpus() } else { 0 };
+    job.device = Some(resolve(flag, job.device, &env, cuda_built(), gpus)?);
+    Ok(())
+}
 
 pub use super::files::{METRICS_FILE, PRED_DIR, RESULT_FILE};
 
@@ -139,6 +151,10 @@ pub struct JobResult {
     pub device: String,
     /// rayon threads the job ran with.
     pub threads: usize,
+    /// What ran the job: CPU threads, or GPU name, driver, CUDA version, cuDNN; and precision.
+    /// Absent in results of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ran_on: Option<RanOn>,
     pub dataset: PathBuf,
     pub dataset_fingerprint: String,
     pub fold: Option<usize>,
@@ -241,7 +257,14 @@ impl<'a> Runner<'a> {
             source,
         })?;
         remove_if_exists(&out.join(RESULT_FILE))?;
-        let device = job.device.open()?;
+        let spec = job.device_or_cpu();
+        let device = spec.open()?;
+        let ran_on = RanOn::detect(
+            spec,
+            rayon::current_num_threads(),
+            &job.precision(),
+            &DeviceEnv::from_process(),
+        );
 
         let dataset = index_dataset(&job.data.dataset)?;
         job.data.labels.check(&dataset)?;
@@ -278,7 +301,8 @@ impl<'a> Runner<'a> {
             protocol: PROTOCOL_VERSION,
             stage: job.stage,
             views: job.views.clone(),
-            device: job.device.to_string(),
+            device: spec.to_string(),
+            ran_on: Some(ran_on.clone()),
             train_cases: fit_ids.len(),
             val_cases: val_ids.len(),
             test_cases: test_ids.len(),
@@ -328,7 +352,8 @@ impl<'a> Runner<'a> {
             stage: job.stage,
             code_version: crate::version::code_version(),
             seed: job.seed,
-            device: job.device.to_string(),
+            device: spec.to_string(),
+            ran_on: Some(ran_on),
             threads: rayon::current_num_threads(),
             dataset: dataset.root.clone(),
             dataset_fingerprint: dataset.fingerprint.clone(),

@@ -101,6 +101,9 @@ pub enum Event {
         stage: Stage,
         views: Vec<View>,
         device: String,
+        /// What runs the job (added in place: older readers ignore it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ran_on: Option<crate::nn::device::RanOn>,
         train_cases: usize,
         val_cases: usize,
         test_cases: usize,

@@ -165,6 +165,16 @@ pub fn render_array_script(
         &sbatch_path_pattern("log_dir", log_dir, "%A_%a.err")?,
     );
 
+    // A task that holds a GPU runs a GPU job: the worker must use it or fail, never train on
+    // the CPU (a CPU-only build exits 2 saying which build to use).
+    let gpu_marker = if opts.gres.as_deref().is_some_and(gres_has_gpu) {
+        format!(
+            "# --gres names a GPU: every task is a GPU job on the GPU SLURM gives it.\nexport {}=cuda\n",
+            crate::nn::device::DEVICE_ENV
+        )
+    } else {
+        String::new()
+    };
     let mut cmd = sh_quote_path("worker.program", &worker.program)?;
     for arg in &worker.args {
         cmd.push(' ');
@@ -186,12 +196,23 @@ if [[ -z $job_file ]]; then
     echo "ranksweep: no job file on line $((10#$task + 1)) of $job_list" >&2
     exit 2
 fi
-# exec: the worker receives USR1 (--signal=B:USR1) and TERM itself.
+{gpu_marker}# exec: the worker receives USR1 (--signal=B:USR1) and TERM itself.
 exec {cmd} "$job_file"
 "#,
         list = sh_quote_path("job_list", job_list)?,
     );
     Ok(s)
+}
+
+/// Whether a `--gres` value asks for GPUs: an entry `gpu`, `gpu:N` or `gpu:TYPE:N` (also as
+/// `gres/gpu…`).
+pub fn gres_has_gpu(gres: &str) -> bool {
+    gres.split(',').any(|e| {
+        let e = e.trim();
+        let e = e.strip_prefix("gres/").unwrap_or(e);
+        let name = e.split(':').next().unwrap_or("");
+        name == "gpu" && !e.ends_with(":0")
+    })
 }
 
 /// What the ingest job runs: `program ingest <results>/<sweep> --sweep <sweep> --results
@@ -381,6 +402,16 @@ mod tests {
     }
 
     #[test]
+    fn gres_that_asks_for_gpus() {
+        for yes in ["gpu", "gpu:1", "gpu:a100:2", "gres/gpu:4", "shard:2,gpu:1"] {
+            assert!(gres_has_gpu(yes), "{yes}");
+        }
+        for no in ["", "shard:2", "mps:100", "gpu:0", "gpus:1x"] {
+            assert!(!gres_has_gpu(no), "{no}");
+        }
+    }
+
+    #[test]
     fn header_lines_in_order_and_values_quoted() {
         let s = render_array_script(
             &opts(),
@@ -430,6 +461,11 @@ mod tests {
         o.partition = None;
         let s = render_array_script(&o, &w, 3, l, d).unwrap();
         assert!(!s.contains("--gres") && !s.contains("--requeue") && !s.contains("--partition"));
+        assert!(!s.contains("RANKSWEEP_DEVICE"), "no GPU asked: no GPU job");
+        // A GPU in --gres makes every task a GPU job, set before the worker starts.
+        let gpu = render_array_script(&opts(), &w, 3, l, d).unwrap();
+        let marker = gpu.find("\nexport RANKSWEEP_DEVICE=cuda\n").unwrap();
+        assert!(marker < gpu.find("\nexec ").unwrap(), "{gpu}");
         for (field, bad) in [
             (
                 "mem",
