@@ -487,7 +487,8 @@ fn concurrent_runs_share_a_sweep_and_a_killed_run_is_ended() {
     assert_eq!(run_exit_codes(&db), [Some(0), Some(0)]);
 
     // kill -9 of a run: the next run marks it ended, and `status` says killed.
-    let other = self::spec(dir, "killed", 800, GRID, "");
+    // Other keys (801 steps): the same jobs would be reused from `two`, with nothing to kill.
+    let other = self::spec(dir, "killed", 801, GRID, "");
     let mut k = spawn_run(dir, &other);
     wait_for(
         &db,
