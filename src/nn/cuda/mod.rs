@@ -1084,9 +1084,9 @@ impl CustomOp3 for Conv2d {
     }
     fn cuda_fwd(
         &self,
-        s1: &CudaStorage,
+        _s1: &CudaStorage,
         l1: &Layout,
-        s2: &CudaStorage,
+        _s2: &CudaStorage,
         l2: &Layout,
         s3: &CudaStorage,
         l3: &Layout,
