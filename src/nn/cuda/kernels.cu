@@ -118,20 +118,30 @@ __device__ void gn_chsums(size_t hw, size_t c, size_t cg, const T* x, const T* d
   b = block_sum(b);
   if (threadIdx.x == 0) { sdy[bc] = a; sdyxh[bc] = rstd[j] * (b - mean[j] * a); }
 }
-// dx = dy·p + x·q + r per channel, with a = Σ_g γ·Σdy / n and b = Σ_g γ·Σdy·x̂ / n.
+// Per (image, group): a = Σ_g γ·Σdy / n and b = Σ_g γ·Σdy·x̂ / n.
 template <typename T>
-__device__ void gn_dx(size_t n, size_t hw, size_t c, size_t cg, const T* x, const T* dy, const T* gamma,
-                      const double* mean, const double* rstd, const double* sdy, const double* sdyxh, T* dx) {
-  GRID_STRIDE(i, n) {
-    size_t bc = i / hw, ch = bc % c, bi = bc / c, g = ch / cg, j = bi * (c / cg) + g;
-    double len = (double)(cg * hw), a = 0.0, b = 0.0;
+__device__ void gn_ab(size_t jobs, size_t c, size_t cg, size_t hw, const T* gamma, const double* sdy,
+                      const double* sdyxh, double* a, double* b) {
+  GRID_STRIDE(j, jobs) {
+    size_t groups = c / cg, bi = j / groups, g = j % groups;
+    double len = (double)(cg * hw), sa = 0.0, sb = 0.0;
     for (size_t ci = 0; ci < cg; ci++) {
       size_t k = bi * c + g * cg + ci;
       double gm = (double)gamma[g * cg + ci];
-      a += gm * sdy[k] / len;
-      b += gm * sdyxh[k] / len;
+      sa += gm * sdy[k] / len;
+      sb += gm * sdyxh[k] / len;
     }
-    double rs = rstd[j], mu = mean[j], gm = (double)gamma[ch];
+    a[j] = sa;
+    b[j] = sb;
+  }
+}
+// dx = dy·p + x·q + r per channel: p = γ·rstd, q = −rstd²·b, r = rstd·(μ·rstd·b − a).
+template <typename T>
+__device__ void gn_dx(size_t n, size_t hw, size_t c, size_t cg, const T* x, const T* dy, const T* gamma,
+                      const double* mean, const double* rstd, const double* ga, const double* gb, T* dx) {
+  GRID_STRIDE(i, n) {
+    size_t bc = i / hw, ch = bc % c, j = (bc / c) * (c / cg) + ch / cg;
+    double rs = rstd[j], mu = mean[j], gm = (double)gamma[ch], a = ga[j], b = gb[j];
     T p = (T)(gm * rs), q = (T)(-rs * rs * b), r = (T)(rs * (mu * rs * b - a));
     dx[i] = dy[i] * p + x[i] * q + r;
   }
@@ -252,6 +262,10 @@ template <> __device__ void ct_bias_grad<double>(size_t bsz, size_t co, size_t p
   extern "C" __global__ void gn_chsums_##S(size_t hw, size_t c, size_t cg, const T* x, const T* dy, \
                                            const double* m, const double* r, double* a, double* b) { \
     gn_chsums(hw, c, cg, x, dy, m, r, a, b);                                                         \
+  }                                                                                                  \
+  extern "C" __global__ void gn_ab_##S(size_t jobs, size_t c, size_t cg, size_t hw, const T* g,    \
+                                       const double* sa, const double* sb, double* a, double* b) {   \
+    gn_ab(jobs, c, cg, hw, g, sa, sb, a, b);                                                         \
   }                                                                                                  \
   extern "C" __global__ void gn_dx_##S(size_t n, size_t hw, size_t c, size_t cg, const T* x,        \
                                        const T* dy, const T* g, const double* m, const double* r,    \

@@ -419,6 +419,15 @@ impl GroupNorm {
                     // SAFETY: one block per (image, channel) of hw values.
                     unsafe { bld.launch(cfg_blocks(bc)) }.w()?;
                     let dx = if self.need[0] {
+                        let jobs = b * self.groups;
+                        let ga = alloc::<f64>(dev, jobs)?;
+                        let gb = alloc::<f64>(dev, jobs)?;
+                        let f = func!(dev, format!("gn_ab_{}", T::SUFFIX))?;
+                        let mut bld = f.builder();
+                        bld.arg(&jobs).arg(&c).arg(&cg).arg(&hw).arg(&gv);
+                        bld.arg(&sdy).arg(&sdyxh).arg(&ga).arg(&gb);
+                        // SAFETY: one thread per (image, group), reading its channels' sums.
+                        unsafe { bld.launch(cfg_for(jobs)) }.w()?;
                         let n = bc * hw;
                         let dx = alloc::<T>(dev, n)?;
                         let f = func!(dev, format!("gn_dx_{}", T::SUFFIX))?;
@@ -430,7 +439,7 @@ impl GroupNorm {
                             .arg(&xv)
                             .arg(&dyv)
                             .arg(&gv);
-                        bld.arg(mean).arg(rstd).arg(&sdy).arg(&sdyxh).arg(&dx);
+                        bld.arg(mean).arg(rstd).arg(&ga).arg(&gb).arg(&dx);
                         // SAFETY: n elements in x, dy and dx.
                         unsafe { bld.launch(cfg_for(n)) }.w()?;
                         Some(leaf(dx, dev, x.dims()))
