@@ -12,6 +12,7 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
+    build_cuda_kernels();
     // In a linked worktree `.git` is a file; ask git where HEAD, the index and the refs are
     // (a path that does not exist would make cargo rerun this script on every build).
     let dir = git(&["rev-parse", "--absolute-git-dir"]);
@@ -57,4 +58,36 @@ fn main() {
         .unwrap_or_default();
     println!("cargo:rustc-env=RANKSWEEP_GIT_COMMIT={commit}");
     println!("cargo:rustc-env=RANKSWEEP_GIT_DIRTY={dirty}");
+}
+
+/// With the `cuda` feature: compiles src/nn/cuda/kernels.cu to PTX for `sm_$CUDA_COMPUTE_CAP`
+/// with the nvcc on PATH (scripts/build-cuda.sh puts the pinned 13.0 one first).
+fn build_cuda_kernels() {
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        return;
+    }
+    let src = "src/nn/cuda/kernels.cu";
+    println!("cargo:rerun-if-changed={src}");
+    println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".to_string());
+    let out = format!(
+        "{}/ranksweep_kernels.ptx",
+        std::env::var("OUT_DIR").expect("OUT_DIR")
+    );
+    let nvcc = std::env::var("CUDA_HOME")
+        .map(|h| format!("{h}/bin/nvcc"))
+        .unwrap_or_else(|_| "nvcc".to_string());
+    let status = Command::new(&nvcc)
+        .args([
+            "--ptx",
+            "-O3",
+            "-std=c++17",
+            &format!("-arch=sm_{cap}"),
+            "-o",
+            &out,
+            src,
+        ])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {nvcc} (see scripts/build-cuda.sh): {e}"));
+    assert!(status.success(), "{nvcc} failed on {src}");
 }

@@ -1,6 +1,8 @@
 //! Cross-module tests, one binary (each tests/*.rs file would be another slow link with candle).
 
 mod crash;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod data;
 mod exec;
 mod gpu;

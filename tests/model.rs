@@ -474,3 +474,13 @@ fn bench_train_step_reports_json() {
     assert!(v["gflops"].as_f64().unwrap() > 0.0);
     assert!(v["peak_rss_mb"].as_f64().unwrap() > 1.0);
 }
+
+/// The device-independent model checks (`ranksweep selftest` and the CUDA tests run them too).
+#[test]
+fn shared_model_checks_pass_on_cpu() {
+    for c in ranksweep::model::checks::model_checks() {
+        if let Err(e) = (c.run)(&Device::Cpu) {
+            panic!("{}: {e}", c.name);
+        }
+    }
+}

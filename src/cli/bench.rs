@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::adapt_args::{AdaptArgs, ModelArgs};
-use crate::nn::DeviceSpec;
+use crate::nn::{DeviceSpec, Precision};
 use crate::train::bench::{TrainStepBench, run as run_bench};
 
 #[derive(Args, Debug)]
@@ -44,6 +44,9 @@ pub struct TrainStepArgs {
     /// cpu or cuda:N (a CUDA build; `nvidia-smi` then gives the peak GPU memory).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+    /// f32 or bf16 (autocast: convolutions in bf16, f32 master weights; CUDA only).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -74,6 +77,7 @@ fn train_step(args: TrainStepArgs) -> anyhow::Result<ExitCode> {
         steps: args.steps,
         warmup: 2,
         device: args.device,
+        precision: args.precision,
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads)
@@ -83,13 +87,14 @@ fn train_step(args: TrainStepArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} features {:?} batch {} {}×{} on {} ({} threads): median step {:.4} s (min {:.4} s), {:.1} GFLOP/s, peak RSS {:.0} MB{}, {} trainable of {} parameters",
+            "{} features {:?} batch {} {}×{} on {} {} ({} threads): median step {:.4} s (min {:.4} s), {:.1} GFLOP/s, peak RSS {:.0} MB{}, {} trainable of {} parameters",
             report.mode,
             report.features,
             report.batch,
             report.size,
             report.size,
             report.device,
+            report.precision,
             report.threads,
             report.median_step_s,
             report.min_step_s,

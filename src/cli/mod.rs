@@ -28,6 +28,7 @@ pub mod plan;
 pub mod predict;
 pub mod report;
 pub mod run;
+pub mod selftest;
 pub mod status;
 pub mod store_args;
 pub mod submit;
@@ -81,6 +82,9 @@ pub enum Command {
     Synth(synth::SynthArgs),
     /// Submit a sweep to a cluster scheduler (SLURM job arrays) with an ingest-and-report job.
     Submit(submit::SubmitArgs),
+    /// Run the op and model checks on a device (`--device cuda:0`): a pass/fail table, exit 1
+    /// on a failure.
+    Selftest(selftest::SelftestArgs),
 }
 
 /// Parses the command line, runs the subcommand and maps errors to the documented exit codes.
@@ -104,6 +108,7 @@ pub fn main() -> ExitCode {
         Command::Exec(args) => exec::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Submit(args) => submit::run(args),
+        Command::Selftest(args) => selftest::run(args),
     };
     match result {
         Ok(code) => code,

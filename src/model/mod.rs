@@ -10,6 +10,7 @@
 pub mod adapt;
 pub mod adapter;
 pub mod checkpoint;
+pub mod checks;
 pub mod config;
 pub mod kind;
 pub mod optim;

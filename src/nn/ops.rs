@@ -3,9 +3,13 @@
 //! Every function here dispatches by device and dtype: on CPU with f32 or f64 it runs the own op
 //! from [`crate::nn::cpu`] (im2col + gemm convolutions, fused GroupNorm and BCE + Dice, a
 //! max-pool with PyTorch's gradient, each computing only the gradients the graph needs);
-//! anywhere else (CUDA, other dtypes) it runs the candle-native composition in [`reference`],
-//! whose gradients are right (see the project notes). [`reference`] is also the oracle the own
-//! ops are tested against. Dispatch needs no cargo feature: it asks `Tensor::device().is_cpu()`.
+//! on CUDA (feature `cuda`) the CUDA op from `crate::nn::cuda` (cuDNN convolutions with
+//! `cudnn`, cuBLAS transposed conv, own kernels for the rest); anywhere else (other devices or
+//! dtypes) the candle-native composition in [`reference`], whose gradients are right (see the
+//! project notes). [`reference`] is also the oracle the own ops are tested against.
+//!
+//! Under bf16 autocast ([`crate::nn::autocast`], CUDA only) the two convolutions cast their f32
+//! operands to bf16, run in bf16 and hand back f32; everything else stays f32.
 //!
 //! The own ops give the reference's values and gradients (tested to 1e-5 in f32) with two
 //! deliberate differences at non-differentiable points: ReLU's gradient at exactly 0 is 0
@@ -14,11 +18,48 @@
 
 use candle_core::{DType, Result, Tensor};
 
+use super::autocast;
 use super::cpu;
+
+/// True when the CUDA kernels of the element-wise ops apply: a CUDA f32/f64 tensor.
+#[cfg(feature = "cuda")]
+fn cuda_float(t: &Tensor) -> bool {
+    t.device().is_cuda() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+/// Runs a convolution-like op in bf16 when autocast asks for it: f32 CUDA operands are cast to
+/// bf16 and the result back to f32 (the casts carry the gradients back to f32).
+fn autocast_bf16(
+    args: &[&Tensor],
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+) -> Option<Result<Tensor>> {
+    let on = autocast::bf16_active()
+        && args
+            .iter()
+            .all(|t| t.device().is_cuda() && t.dtype() == DType::F32);
+    if !on {
+        return None;
+    }
+    let run = || {
+        let cast: Vec<Tensor> = args
+            .iter()
+            .map(|t| t.to_dtype(DType::BF16))
+            .collect::<Result<_>>()?;
+        f(&cast)?.to_dtype(DType::F32)
+    };
+    Some(run())
+}
 
 /// 3×3 (padding 1) or 1×1 (padding 0) convolution, stride 1, no bias.
 /// `x`: (B, I, H, W); `w`: (O, I, k, k) with k ∈ {1, 3}.
 pub fn conv2d(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if let Some(y) = autocast_bf16(&[x, w], |a| conv2d(&a[0], &a[1])) {
+        return y;
+    }
+    #[cfg(feature = "cuda")]
+    if super::cuda::supported(x) && x.dtype() == w.dtype() && w.device().same_device(x.device()) {
+        return super::cuda::conv2d(&x.contiguous()?, &w.contiguous()?);
+    }
     if !(cpu::supported(x) && cpu::supported(w)) {
         return reference::conv2d(x, w);
     }
@@ -36,6 +77,15 @@ pub fn conv2d(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// 2×2, stride-2 transposed convolution with bias (the decoder's `up`).
 /// `x`: (B, I, H, W); `w`: (I, O, 2, 2); `b`: (O) → (B, O, 2H, 2W).
 pub fn conv_transpose2x2(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if let Some(y) = autocast_bf16(&[x, w, b], |a| conv_transpose2x2(&a[0], &a[1], &a[2])) {
+        return y;
+    }
+    #[cfg(feature = "cuda")]
+    if super::cuda::supported(x) && x.dtype() == w.dtype() && x.dtype() == b.dtype() {
+        let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
+        let need = [x.track_op(), w.track_op(), b.track_op()];
+        return x.apply_op3(&w, &b, super::cuda::ConvTranspose2x2 { need });
+    }
     if !(cpu::supported(x) && cpu::supported(w) && cpu::supported(b)) {
         return reference::conv_transpose2x2(x, w, b);
     }
@@ -48,6 +98,10 @@ pub fn conv_transpose2x2(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// 2×2 max-pool, stride 2, with PyTorch's gradient (the first maximum of a window takes it).
 /// H and W must be even.
 pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if cuda_float(x) {
+        return x.contiguous()?.apply_op1(super::cuda::MaxPool2x2);
+    }
     if !cpu::supported(x) {
         return reference::max_pool2x2(x);
     }
@@ -63,6 +117,16 @@ pub fn group_norm(
     beta: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if cuda_float(x) && gamma.dtype() == x.dtype() && beta.dtype() == x.dtype() {
+        let (x, gamma, beta) = (x.contiguous()?, gamma.contiguous()?, beta.contiguous()?);
+        let need = [x.track_op(), gamma.track_op(), beta.track_op()];
+        return x.apply_op3(
+            &gamma,
+            &beta,
+            super::cuda::GroupNorm::new(groups, eps, need),
+        );
+    }
     if !(cpu::supported(x) && cpu::supported(gamma) && cpu::supported(beta)) {
         return reference::group_norm(x, groups, gamma, beta, eps);
     }
@@ -72,9 +136,13 @@ pub fn group_norm(
     x.apply_op3(&gamma, &beta, cpu::norm::GroupNorm::new(groups, eps, need))
 }
 
-/// max(x, 0). The gradient at exactly 0 is 0 with the own op (CPU, PyTorch's choice) and 1
-/// with the reference (other devices, candle's).
+/// max(x, 0). The gradient at exactly 0 is 0 with the own ops (CPU and CUDA, PyTorch's
+/// choice) and 1 with the reference (other devices, candle's).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if cuda_float(x) {
+        return x.contiguous()?.apply_op1(super::cuda::Relu);
+    }
     if !cpu::supported(x) {
         return reference::relu(x);
     }
@@ -104,12 +172,22 @@ pub fn bce_dice_loss(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
 }
 
 /// `w_bce·BCE + w_dice·Dice(smooth)` through the fused CPU op, or `None` where it does not
-/// apply (not CPU f32/f64, or a target that itself takes a gradient).
+/// apply (not CPU or CUDA f32/f64, or a target that itself takes a gradient).
 fn fused_loss(
     logits: &Tensor,
     target: &Tensor,
     (w_bce, w_dice, smooth): (f64, f64, f64),
 ) -> Option<Result<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if cuda_float(logits) && target.device().same_device(logits.device()) && !target.track_op() {
+        let run = || {
+            let t = target.to_dtype(logits.dtype())?.contiguous()?;
+            logits
+                .contiguous()?
+                .apply_op2(&t, super::cuda::BceDice::new(w_bce, w_dice, smooth))
+        };
+        return Some(run());
+    }
     if !cpu::supported(logits) || !target.device().is_cpu() || target.track_op() {
         return None;
     }

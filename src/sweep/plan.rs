@@ -96,6 +96,7 @@ fn train_config(t: &TrainSettings) -> TrainConfig {
         batch_size: t.batch,
         selection: t.select,
         val_every: t.val_every,
+        precision: t.precision,
         ..TrainConfig::default()
     }
 }

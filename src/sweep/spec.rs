@@ -157,6 +157,9 @@ pub struct TrainFile {
     pub schedule: Option<LrSchedule>,
     #[serde(default)]
     pub min_lr_ratio: Option<NonNegF64>,
+    /// `f32` or `bf16` (autocast on GPUs; a bf16 job on a CPU is refused when it starts).
+    #[serde(default)]
+    pub precision: Option<Precision>,
 }
 
 impl TrainFile {
@@ -172,6 +175,7 @@ impl TrainFile {
             weight_decay: self.weight_decay.or(base.weight_decay),
             schedule: self.schedule.or(base.schedule),
             min_lr_ratio: self.min_lr_ratio.or(base.min_lr_ratio),
+            precision: self.precision.or(base.precision),
         }
     }
 }
@@ -244,6 +248,7 @@ pub struct PartialFile {
 // ---------------------------------------------------------------------------------------------
 // The validated spec.
 
+use crate::nn::Precision;
 /// Which checkpoint a training stage keeps: the job's own type, so spec and job agree.
 pub use crate::train::job::Selection as Select;
 
@@ -257,6 +262,9 @@ pub struct TrainSettings {
     /// Validate every this many steps.
     pub val_every: usize,
     pub optim: AdamWConfig,
+    /// Conv arithmetic (default f32).
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 /// Defaults of the two stages (the study's settings: 20,000 pre-training steps, 3,000
@@ -679,6 +687,7 @@ fn resolve_train(
         batch: t.batch.map_or(16, |b| b.0),
         select: t.select.unwrap_or(defaults.select),
         val_every,
+        precision: t.precision.unwrap_or_default(),
         optim: AdamWConfig {
             lr: t.lr.map_or(base.lr, |l| l.0),
             weight_decay: t.weight_decay.map_or(base.weight_decay, |w| w.0),
@@ -961,6 +970,23 @@ resources: {timeout: 30m, retries: 1}
     fn with_grid(grid: &str) -> String {
         let head = GOOD.split("grid:\n").next().unwrap();
         format!("{head}grid:\n{grid}")
+    }
+
+    #[test]
+    fn precision_defaults_to_f32_and_takes_bf16() {
+        let s = ok(GOOD);
+        assert_eq!(s.pretrain.precision, Precision::F32);
+        let text = GOOD.replace(
+            "pretrain: {steps: 100,",
+            "pretrain: {precision: bf16, steps: 100,",
+        );
+        assert_ne!(text, GOOD);
+        assert_eq!(ok(&text).pretrain.precision, Precision::Bf16);
+        let bad = GOOD.replace(
+            "pretrain: {steps: 100,",
+            "pretrain: {precision: fp8, steps: 100,",
+        );
+        assert!(parse(&bad, Path::new("sweeps/t.yaml")).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::step::Trainer;
 use crate::model::{AdamWConfig, AdaptationSpec, LrSchedule, Selector, Unet2d, UnetConfig};
-use crate::nn::DeviceSpec;
+use crate::nn::{DeviceSpec, Precision};
 
 #[derive(Debug, Clone)]
 pub struct TrainStepBench {
@@ -22,6 +22,8 @@ pub struct TrainStepBench {
     pub steps: usize,
     pub warmup: usize,
     pub device: DeviceSpec,
+    /// `bf16`: autocast (CUDA only).
+    pub precision: Precision,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -31,6 +33,7 @@ pub struct TrainStepReport {
     pub batch: usize,
     pub size: usize,
     pub device: String,
+    pub precision: String,
     pub threads: usize,
     pub trainable_params: usize,
     pub total_params: usize,
@@ -131,6 +134,7 @@ pub fn run(b: &TrainStepBench) -> anyhow::Result<TrainStepReport> {
     anyhow::ensure!(b.steps > 0, "`--steps`: expected a positive integer");
     let device = b.device.open()?;
     let gpu_peak = matches!(b.device, DeviceSpec::Cuda(_)).then(GpuPeak::start);
+    super::job_run::check_precision(b.precision, &device)?;
     let mut model = Unet2d::init(&b.model, 0, &device)?;
     let mode = match &b.adaptation {
         None => {
@@ -155,6 +159,7 @@ pub fn run(b: &TrainStepBench) -> anyhow::Result<TrainStepReport> {
         ..Default::default()
     };
     let mut trainer = Trainer::new(model, cfg, b.steps + b.warmup)?;
+    trainer.set_precision(b.precision);
     let mut times = Vec::with_capacity(b.steps);
     let mut loss = f32::NAN;
     for i in 0..b.steps + b.warmup {
@@ -175,6 +180,7 @@ pub fn run(b: &TrainStepBench) -> anyhow::Result<TrainStepReport> {
         batch: b.batch,
         size: b.size,
         device: b.device.to_string(),
+        precision: b.precision.to_string(),
         threads: rayon::current_num_threads(),
         trainable_params,
         total_params,

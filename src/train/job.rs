@@ -29,7 +29,7 @@ use crate::data::preprocess::{HuWindow, View};
 use crate::data::sampling::AugmentConfig;
 use crate::metrics::Strata;
 use crate::model::{AdamWConfig, AdaptationKind, AdaptationSpec, UnetConfig};
-use crate::nn::DeviceSpec;
+use crate::nn::{DeviceSpec, Precision};
 
 /// Which part of the study a job runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -146,6 +146,12 @@ pub struct TrainConfig {
     pub log_every: usize,
     /// Slices per forward pass at prediction time (default 16).
     pub predict_batch: usize,
+    /// `f32` (default) or `bf16`: bf16 autocast on CUDA (the convolutions forward and backward
+    /// in bf16, master weights, AdamW, loss and norms in f32), as PyTorch's AMP. A bf16 job on a
+    /// CPU is refused before training. Left out of the job file when f32, so job keys of f32
+    /// jobs are unchanged.
+    #[serde(skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -160,6 +166,7 @@ impl Default for TrainConfig {
             val_every: 25,
             log_every: 10,
             predict_batch: 16,
+            precision: Precision::F32,
         }
     }
 }

@@ -265,6 +265,7 @@ impl<'a> Runner<'a> {
             &job.precision(),
             &DeviceEnv::from_process(),
         );
+        check_precision(job.train.precision, &device)?;
 
         let dataset = index_dataset(&job.data.dataset)?;
         job.data.labels.check(&dataset)?;
@@ -493,6 +494,7 @@ impl<'a> Runner<'a> {
         let steps = job.train.steps;
         let mut trainer = Trainer::new(model, job.optimizer, steps)
             .map_err(cerr(format!("the {view} optimizer")))?;
+        trainer.set_precision(job.train.precision);
         let best_val = job.train.selection == Selection::BestVal;
         let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
         let mut times = Vec::with_capacity(steps);
@@ -858,8 +860,36 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// bf16 autocast needs a GPU: on a CPU it is refused before anything trains (never a silent
+/// f32 run).
+pub fn check_precision(p: crate::nn::Precision, device: &Device) -> Result<(), JobError> {
+    if p == crate::nn::Precision::Bf16 && !device.is_cuda() {
+        return Err(JobError::Invalid {
+            field: "train.precision".into(),
+            reason: format!(
+                "`bf16` runs on CUDA only, but this job runs on {}; use `precision: f32` or a GPU",
+                crate::nn::device::device_name(device)
+            ),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn bf16_on_cpu_is_refused_naming_the_field() {
+        let err = super::check_precision(crate::nn::Precision::Bf16, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("train.precision") && err.contains("CUDA"),
+            "{err}"
+        );
+        super::check_precision(crate::nn::Precision::F32, &Device::Cpu).unwrap();
+    }
+
     use super::*;
     use crate::metrics::Strata;
     use ndarray::{Array3, s};

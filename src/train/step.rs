@@ -18,6 +18,7 @@ pub struct Trainer {
     pub model: Unet2d,
     opt: AdamW,
     total_steps: usize,
+    precision: nn::Precision,
 }
 
 impl Trainer {
@@ -33,7 +34,13 @@ impl Trainer {
             model,
             opt,
             total_steps,
+            precision: nn::Precision::F32,
         })
+    }
+
+    /// Runs the forward passes under bf16 autocast (CUDA) or plain f32 (default).
+    pub fn set_precision(&mut self, p: nn::Precision) {
+        self.precision = p;
     }
 
     pub fn steps_done(&self) -> usize {
@@ -44,7 +51,10 @@ impl Trainer {
     /// A non-finite loss is returned as is and no update is made, so the caller can stop.
     pub fn step(&mut self, x: &Tensor, y: &Tensor) -> Result<StepStats> {
         let lr = self.opt.config().lr_at(self.opt.steps(), self.total_steps);
-        let logits = self.model.forward(x)?;
+        let logits = {
+            let _autocast = nn::autocast::enable(self.precision);
+            self.model.forward(x)?
+        };
         let loss = nn::bce_dice_loss(&logits, y)?;
         let value = loss.to_scalar::<f32>()?;
         if !value.is_finite() {
