@@ -108,7 +108,9 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("ranksweep: {}", error_chain(&err));
+            // Not `eprintln!`: it panics when stderr cannot be written (a full disk).
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "ranksweep: {}", error_chain(&err));
             ExitCode::from(EXIT_USAGE)
         }
     }
@@ -125,8 +127,11 @@ pub fn error_chain(err: &anyhow::Error) -> String {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RANKSWEEP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    use std::io::IsTerminal;
+    // Colour codes only for a terminal: logs, pipes and CI files get plain text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
