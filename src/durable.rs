@@ -113,7 +113,8 @@ pub fn replace_with<E: From<io::Error>>(
 /// Replaces `path` with `bytes` (see the module docs), creating its folder if needed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = dir_of(path);
-    fs::create_dir_all(&dir).map_err(|e| describe(e, format!("cannot create {}", dir.display())))?;
+    fs::create_dir_all(&dir)
+        .map_err(|e| describe(e, format!("cannot create {}", dir.display())))?;
     replace_with(path, |tmp| {
         let mut f = File::create(tmp)
             .map_err(|e| describe(e, format!("cannot create {}", path.display())))?;

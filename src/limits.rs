@@ -45,7 +45,11 @@ pub const MAX_VOXELS: usize = 1 << 28;
 
 /// "expected at most {limit} (the limit of `{field}`), got {value}": the one wording of a
 /// limit error, so that users and tests see the field and the bound.
-pub fn too_large(field: &str, limit: impl std::fmt::Display, value: impl std::fmt::Display) -> String {
+pub fn too_large(
+    field: &str,
+    limit: impl std::fmt::Display,
+    value: impl std::fmt::Display,
+) -> String {
     format!("expected at most {limit} (the limit of `{field}`), got {value}")
 }
 
@@ -135,7 +139,9 @@ mod tests {
         assert!(yaml_depth_error(&indented).is_some());
         // The shipped specs are nowhere near.
         for f in ["paper.yaml", "quickstart.yaml", "nightly.yaml"] {
-            let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sweeps").join(f);
+            let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("sweeps")
+                .join(f);
             let text = std::fs::read_to_string(p).unwrap();
             assert_eq!(yaml_depth_error(&text), None, "{f}");
         }
@@ -145,6 +151,10 @@ mod tests {
     fn products_do_not_overflow() {
         assert_eq!(product([2, 3, 4]), Some(24));
         assert_eq!(product([usize::MAX, 2]), None);
-        assert!(check("rank", 5000, MAX_RANK).unwrap_err().contains("`rank`"));
+        assert!(
+            check("rank", 5000, MAX_RANK)
+                .unwrap_err()
+                .contains("`rank`")
+        );
     }
 }

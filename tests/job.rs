@@ -607,7 +607,10 @@ impl SmallFs {
         match o {
             Ok(o) if o.status.success() => Some(SmallFs(dir.to_path_buf())),
             Ok(o) => {
-                println!("skipped: mount -t tmpfs failed: {}", util::stderr(&o).trim());
+                println!(
+                    "skipped: mount -t tmpfs failed: {}",
+                    util::stderr(&o).trim()
+                );
                 None
             }
             Err(e) => {

@@ -160,7 +160,9 @@ pub mod bounds {
     fn in_range(s: &str, max: usize) -> Result<usize, String> {
         match s.trim().parse::<usize>() {
             Ok(v) if (1..=max).contains(&v) => Ok(v),
-            _ => Err(format!("expected an integer from 1 to {max} (the limit), got `{s}`")),
+            _ => Err(format!(
+                "expected an integer from 1 to {max} (the limit), got `{s}`"
+            )),
         }
     }
 

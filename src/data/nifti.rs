@@ -255,7 +255,13 @@ fn read_bounded(path: &Path) -> Result<(HeaderInfo, Vec<u8>), VolumeError> {
     } else {
         Box::new(head.chain(file))
     };
-    let read_err = |e| err(if gz { VolumeErrorKind::Gzip(e) } else { VolumeErrorKind::Io(e) });
+    let read_err = |e| {
+        err(if gz {
+            VolumeErrorKind::Gzip(e)
+        } else {
+            VolumeErrorKind::Io(e)
+        })
+    };
     let mut bytes = Vec::with_capacity(HEADER_BYTES);
     (&mut reader)
         .take(HEADER_BYTES as u64)
@@ -611,7 +617,6 @@ fn header_to_write<T>(vol: &Volume<T>) -> NiftiHeader {
     h
 }
 
-
 fn write_with<T>(
     vol: &Volume<T>,
     path: &Path,
@@ -632,13 +637,14 @@ fn write_with<T>(
 
     // The temporary name ends with the target's, so it keeps the suffix the crate reads.
     crate::durable::replace_with(path, |tmp| {
-        let opts = WriterOptions::new(tmp).reference_header(&header).compress(gz);
+        let opts = WriterOptions::new(tmp)
+            .reference_header(&header)
+            .compress(gz);
         // [z, y, x] C order reversed is NIfTI's [x, y, z] Fortran order: no copy.
-        write(&opts, vol.data.view().reversed_axes())
-            .map_err(|e| match e {
-                ::nifti::NiftiError::Io(e) => crate::durable::describe(e, "cannot write"),
-                e => io::Error::other(e.to_string()),
-            })
+        write(&opts, vol.data.view().reversed_axes()).map_err(|e| match e {
+            ::nifti::NiftiError::Io(e) => crate::durable::describe(e, "cannot write"),
+            e => io::Error::other(e.to_string()),
+        })
     })
     .map_err(|e| err(VolumeErrorKind::Write(e.to_string())))
 }

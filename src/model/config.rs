@@ -78,7 +78,13 @@ impl UnetConfig {
             return Err(ConfigError::ZeroWidth(self.features.clone()));
         }
         use crate::limits::{MAX_IN_CHANNELS, MAX_LEVELS, MAX_WIDTH};
-        let too_large = |field, limit, value| Err(ConfigError::TooLarge { field, limit, value });
+        let too_large = |field, limit, value| {
+            Err(ConfigError::TooLarge {
+                field,
+                limit,
+                value,
+            })
+        };
         if self.in_channels > MAX_IN_CHANNELS {
             return too_large("in_channels", MAX_IN_CHANNELS, self.in_channels);
         }
@@ -168,10 +174,20 @@ mod tests {
         );
         assert!(UnetConfig::new(1, vec![16, 0]).is_err());
         assert!(UnetConfig::new(0, vec![4, 8]).is_err());
-        let e = UnetConfig::new(1_000_000_000, vec![4, 8]).unwrap_err().to_string();
-        assert!(e.contains("`in_channels`") && e.contains("at most 64"), "{e}");
-        let e = UnetConfig::new(1, vec![4, 1 << 30]).unwrap_err().to_string();
-        assert!(e.contains("`features`") && e.contains("at most 4096"), "{e}");
+        let e = UnetConfig::new(1_000_000_000, vec![4, 8])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`in_channels`") && e.contains("at most 64"),
+            "{e}"
+        );
+        let e = UnetConfig::new(1, vec![4, 1 << 30])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`features`") && e.contains("at most 4096"),
+            "{e}"
+        );
         assert!(UnetConfig::new(1, vec![4; 11]).is_err());
         let e = UnetConfig::new(1, vec![4096; 10]).unwrap_err().to_string();
         assert!(e.contains("parameters"), "{e}");

@@ -526,12 +526,22 @@ fn validate(raw: SpecFile, file: &Path, ctx: &Ctx) -> Result<Spec, SpecError> {
     let r = &raw.resources;
     let rp = root().key("resources");
     let retries = r.retries.unwrap_or(2);
-    bounded(retries as usize, limits::MAX_RETRIES as usize, &rp.key("retries"), ctx)?;
+    bounded(
+        retries as usize,
+        limits::MAX_RETRIES as usize,
+        &rp.key("retries"),
+        ctx,
+    )?;
     let resources = Resources {
         timeout: r.timeout.map_or(Duration::from_secs(2 * 3600), |d| d.0),
         no_progress: r.no_progress.map_or(Duration::from_secs(15 * 60), |d| d.0),
         retries,
-        threads: bounded(r.threads.map_or(1, |t| t.0), limits::MAX_THREADS, &rp.key("threads"), ctx)?,
+        threads: bounded(
+            r.threads.map_or(1, |t| t.0),
+            limits::MAX_THREADS,
+            &rp.key("threads"),
+            ctx,
+        )?,
     };
 
     let gp = root().key("grid");
@@ -556,9 +566,8 @@ fn validate(raw: SpecFile, file: &Path, ctx: &Ctx) -> Result<Spec, SpecError> {
     let replicates = limits::product([model.views.len(), data.folds, seeds.len()]);
     let mut total = replicates;
     for (i, b) in grid.iter().enumerate() {
-        let block = limits::product(
-            std::iter::once(b.kinds.len()).chain(b.axes.iter().map(Vec::len)),
-        );
+        let block =
+            limits::product(std::iter::once(b.kinds.len()).chain(b.axes.iter().map(Vec::len)));
         let jobs = block.and_then(|n| replicates.and_then(|r| n.checked_mul(r)));
         total = total.and_then(|t| jobs.and_then(|j| t.checked_add(j)));
         if total.is_none_or(|t| t > limits::MAX_JOBS) {
@@ -661,7 +670,12 @@ fn validate_data(d: &DataFile, dir: &Path, ctx: &Ctx) -> Result<DataSpec, SpecEr
     };
     let source = folder(&d.source, "source")?;
     let target = folder(&d.target, "target")?;
-    let folds = bounded(d.folds.map_or(3, |f| f.0), limits::MAX_FOLDS, &dp.key("folds"), ctx)?;
+    let folds = bounded(
+        d.folds.map_or(3, |f| f.0),
+        limits::MAX_FOLDS,
+        &dp.key("folds"),
+        ctx,
+    )?;
     if folds < 2 {
         return Err(ctx.err(
             &dp.key("folds"),
@@ -670,8 +684,18 @@ fn validate_data(d: &DataFile, dir: &Path, ctx: &Ctx) -> Result<DataSpec, SpecEr
     }
     if let Some(s) = &d.synthesize {
         let sp = dp.key("synthesize");
-        bounded(s.source_cases.0, limits::MAX_CASES, &sp.key("source_cases"), ctx)?;
-        bounded(s.target_cases.0, limits::MAX_CASES, &sp.key("target_cases"), ctx)?;
+        bounded(
+            s.source_cases.0,
+            limits::MAX_CASES,
+            &sp.key("source_cases"),
+            ctx,
+        )?;
+        bounded(
+            s.target_cases.0,
+            limits::MAX_CASES,
+            &sp.key("target_cases"),
+            ctx,
+        )?;
         if folds > s.target_cases.0 {
             return Err(ctx.err(
                 &dp.key("folds"),
@@ -823,7 +847,12 @@ fn validate_block(
     }
     if let Some(r) = zip.and_then(|z| z.rank.as_ref()) {
         for (i, v) in r.iter().enumerate() {
-            bounded(v.0, limits::MAX_RANK, &bp.key("zip").key("rank").index(i), ctx)?;
+            bounded(
+                v.0,
+                limits::MAX_RANK,
+                &bp.key("zip").key("rank").index(i),
+                ctx,
+            )?;
         }
     }
     if let Some(e) = &b.exclude {
