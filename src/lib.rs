@@ -10,7 +10,9 @@
 
 pub mod cli;
 pub mod data;
+pub mod durable;
 pub mod exec;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod nn;

@@ -592,3 +592,108 @@ fn runs_on_the_phantom_cohorts() {
         assert_eq!(pred.shape(), [8, 32, 32]);
     }
 }
+
+/// A tmpfs of a few pages, unmounted on drop; `None` (with the reason printed) where mounting
+/// is not allowed.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &Path) -> Option<SmallFs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let o = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(dir)
+            .output();
+        match o {
+            Ok(o) if o.status.success() => Some(SmallFs(dir.to_path_buf())),
+            Ok(o) => {
+                println!(
+                    "skipped: mount -t tmpfs failed: {}",
+                    util::stderr(&o).trim()
+                );
+                None
+            }
+            Err(e) => {
+                println!("skipped: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    /// Fills the file system up to the last byte.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        let block = [0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        while f.write_all(&block[..1]).is_ok() {}
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_ends_as_a_failure_naming_enospc_and_leaves_no_temporary_file() {
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(fs) = SmallFs::mount(&tmp.path().join("full")) else {
+        return;
+    };
+    let out = fs.0.join("out");
+    std::fs::create_dir(&out).unwrap();
+    fs.fill();
+    let path = write_job(tmp.path(), &evaluate_job(f, &out));
+    // stderr on a full device too: printing the error must not panic (exit 101).
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ranksweep"))
+        .args(["worker", path.to_str().unwrap()])
+        .env("RAYON_NUM_THREADS", "1")
+        .stderr(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(i32::from(ExitClass::Failed.code())));
+    match events(&util::stdout(&o)).last().unwrap() {
+        Event::End { class, error, .. } => {
+            assert_eq!(*class, ExitClass::Failed);
+            assert!(error.as_ref().unwrap().contains("ENOSPC"), "{error:?}");
+        }
+        e => panic!("last event {e:?}"),
+    }
+    let left: Vec<_> = walk(&out);
+    assert!(left.iter().all(|p| !p.contains(".tmp-")), "{left:?}");
+    assert!(!out.join(RESULT_FILE).exists());
+}
+
+#[test]
+fn a_worker_whose_stdout_is_a_full_device_still_exits_with_its_class() {
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let path = write_job(tmp.path(), &evaluate_job(f, &out));
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ranksweep"))
+        .args(["worker", path.to_str().unwrap()])
+        .env("RAYON_NUM_THREADS", "1")
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .stderr(std::fs::File::create("/dev/full").unwrap())
+        .status()
+        .unwrap();
+    assert_eq!(o.code(), Some(0));
+    assert!(out.join(RESULT_FILE).is_file());
+}
+
+/// Every file under `dir`, as strings.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}

@@ -1,5 +1,6 @@
 //! Cross-module tests, one binary (each tests/*.rs file would be another slow link with candle).
 
+mod bounds;
 mod crash;
 #[cfg(feature = "cuda")]
 mod cuda;

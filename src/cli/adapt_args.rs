@@ -10,7 +10,7 @@ pub struct ModelArgs {
     #[arg(long, default_value = "16,32,64,128")]
     pub features: String,
     /// Input channels (HU windows stacked as channels).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::bounds::in_channels)]
     pub in_channels: usize,
 }
 
@@ -30,7 +30,7 @@ pub struct AdaptArgs {
     #[arg(long)]
     pub module: Option<Selector>,
     /// Adapter rank (adapter kinds only).
-    #[arg(long)]
+    #[arg(long, value_parser = super::bounds::rank)]
     pub rank: Option<usize>,
     /// Adapter alpha; scale = alpha / rank (default alpha = rank).
     #[arg(long)]

@@ -25,10 +25,10 @@ pub enum BenchSub {
 pub struct TrainStepArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::bounds::batch)]
     pub batch: usize,
     /// Input height and width.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = super::bounds::image_dim)]
     pub size: usize,
     #[command(flatten)]
     pub adapt: AdaptArgs,
@@ -36,10 +36,10 @@ pub struct TrainStepArgs {
     #[arg(long, conflicts_with_all = ["kind", "module", "rank", "alpha", "train_norms"])]
     pub pretrain: bool,
     /// Timed steps (after 2 warm-up steps).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = super::bounds::steps)]
     pub steps: usize,
     /// CPU threads (rayon).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = super::bounds::threads)]
     pub threads: usize,
     /// cpu or cuda:N (a CUDA build; `nvidia-smi` then gives the peak GPU memory).
     #[arg(long, default_value = "cpu")]

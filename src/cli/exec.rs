@@ -25,19 +25,19 @@ pub struct ExecArgs {
     #[arg(long, default_value = "cpu")]
     pub devices: String,
     /// Jobs at once on each device.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::bounds::slots)]
     pub slots_per_device: usize,
     /// RAYON_NUM_THREADS for each worker [default: the cores divided by the slots].
-    #[arg(long)]
+    #[arg(long, value_parser = super::bounds::threads)]
     pub threads_per_job: Option<usize>,
     /// Extra attempts for a job that ends oom, timeout or interrupted.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::bounds::retries)]
     pub retries: u32,
     /// Wall-clock limit of one attempt, in seconds.
-    #[arg(long)]
+    #[arg(long, value_parser = super::bounds::positive_seconds)]
     pub timeout_s: Option<f64>,
     /// Stop an attempt that prints no progress line for this many seconds.
-    #[arg(long)]
+    #[arg(long, value_parser = super::bounds::positive_seconds)]
     pub watchdog_s: Option<f64>,
     /// Seconds between SIGTERM and SIGKILL when a worker is stopped.
     #[arg(long, default_value_t = 10.0)]

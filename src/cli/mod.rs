@@ -113,7 +113,9 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("ranksweep: {}", error_chain(&err));
+            // Not `eprintln!`: it panics when stderr cannot be written (a full disk).
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "ranksweep: {}", error_chain(&err));
             ExitCode::from(EXIT_USAGE)
         }
     }
@@ -130,8 +132,76 @@ pub fn error_chain(err: &anyhow::Error) -> String {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RANKSWEEP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    use std::io::IsTerminal;
+    // Colour codes only for a terminal: logs, pipes and CI files get plain text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// clap parsers that bound what a user types (see [`crate::limits`]).
+pub mod bounds {
+    use std::time::Duration;
+
+    /// A duration such as `30m`, greater than zero.
+    pub fn positive_duration(s: &str) -> Result<Duration, String> {
+        match humantime::parse_duration(s.trim()) {
+            Ok(d) if d.is_zero() => Err(format!("expected a duration above zero, got `{s}`")),
+            Ok(d) => Ok(d),
+            Err(e) => Err(format!("expected a duration such as 2h, 30m or 90s ({e})")),
+        }
+    }
+
+    /// Seconds, finite and greater than zero.
+    pub fn positive_seconds(s: &str) -> Result<f64, String> {
+        match s.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+            _ => Err(format!("expected a positive number of seconds, got `{s}`")),
+        }
+    }
+
+    fn in_range(s: &str, max: usize) -> Result<usize, String> {
+        match s.trim().parse::<usize>() {
+            Ok(v) if (1..=max).contains(&v) => Ok(v),
+            _ => Err(format!(
+                "expected an integer from 1 to {max} (the limit), got `{s}`"
+            )),
+        }
+    }
+
+    pub fn threads(s: &str) -> Result<usize, String> {
+        in_range(s, crate::limits::MAX_THREADS)
+    }
+    pub fn slots(s: &str) -> Result<usize, String> {
+        in_range(s, crate::limits::MAX_SLOTS)
+    }
+    pub fn batch(s: &str) -> Result<usize, String> {
+        in_range(s, crate::limits::MAX_BATCH)
+    }
+    pub fn image_dim(s: &str) -> Result<usize, String> {
+        in_range(s, crate::limits::MAX_IMAGE_DIM)
+    }
+    pub fn cases(s: &str) -> Result<usize, String> {
+        in_range(s, crate::limits::MAX_CASES)
+    }
+    pub fn steps(s: &str) -> Result<usize, String> {
+        in_range(s, crate::limits::MAX_STEPS)
+    }
+    pub fn rank(s: &str) -> Result<usize, String> {
+        in_range(s, crate::limits::MAX_RANK)
+    }
+    pub fn in_channels(s: &str) -> Result<usize, String> {
+        in_range(s, crate::limits::MAX_IN_CHANNELS)
+    }
+    pub fn retries(s: &str) -> Result<u32, String> {
+        match s.trim().parse::<u32>() {
+            Ok(v) if v <= crate::limits::MAX_RETRIES => Ok(v),
+            _ => Err(format!(
+                "expected an integer from 0 to {} (the limit), got `{s}`",
+                crate::limits::MAX_RETRIES
+            )),
+        }
+    }
 }

@@ -15,16 +15,16 @@ pub struct RunArgs {
     #[arg(long, default_value = "cpu")]
     pub devices: String,
     /// Concurrent jobs per device (default 1 per GPU, 2 on cpu).
-    #[arg(long)]
+    #[arg(long, value_parser = super::bounds::slots)]
     pub slots_per_device: Option<usize>,
     /// CPU threads per job (default: the spec's `resources.threads`).
-    #[arg(long)]
+    #[arg(long, value_parser = super::bounds::threads)]
     pub threads_per_job: Option<usize>,
     /// Extra attempts for retryable failures (oom, timeout, interrupted); default: the spec's.
-    #[arg(long)]
+    #[arg(long, value_parser = super::bounds::retries)]
     pub retries: Option<u32>,
     /// Per-attempt wall-clock limit, e.g. `30m`, `2h` (default: the spec's).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = super::bounds::positive_duration)]
     pub timeout: Option<std::time::Duration>,
     /// Also rerun jobs that failed before.
     #[arg(long)]

@@ -38,7 +38,7 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub mem: Option<String>,
     /// Time limit per task, e.g. `2h`, `30m`; the worker gets USR1 120 s before it.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+    #[arg(long, value_parser = super::bounds::positive_duration, default_value = "24h")]
     pub time: std::time::Duration,
     /// Tasks of one array running at once (`--array=0-N%K`).
     #[arg(long, default_value_t = 4)]

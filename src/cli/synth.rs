@@ -22,7 +22,7 @@ pub struct SynthArgs {
     #[arg(long, value_parser = |s: &str| s.parse::<Cohort>())]
     pub cohort: Cohort,
     /// Number of cases (at least 1).
-    #[arg(long)]
+    #[arg(long, value_parser = super::bounds::cases)]
     pub cases: usize,
     /// Seed of the cohort: case `i` depends only on the cohort, the seed, `i` and the grid.
     #[arg(long)]
@@ -52,7 +52,18 @@ fn three<T: std::str::FromStr>(s: &str, what: &str) -> Result<[T; 3], String> {
 }
 
 fn parse_shape(s: &str) -> Result<[usize; 3], String> {
-    three(s, "voxel counts")
+    let shape: [usize; 3] = three(s, "voxel counts")?;
+    let max = crate::limits::MAX_IMAGE_DIM;
+    let voxels = crate::limits::product(shape);
+    if shape.iter().any(|&n| n == 0 || n > max)
+        || voxels.is_none_or(|v| v > crate::limits::MAX_VOXELS)
+    {
+        return Err(format!(
+            "expected voxel counts from 1 to {max} per axis and at most {} voxels (the limits), got `{s}`",
+            crate::limits::MAX_VOXELS
+        ));
+    }
+    Ok(shape)
 }
 
 fn parse_spacing(s: &str) -> Result<[f64; 3], String> {

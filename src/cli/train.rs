@@ -1,6 +1,7 @@
 //! `ranksweep train JOB_FILE`: the worker's job for a person — a progress bar while it runs and
 //! a table of per-case metrics at the end. Same exit codes as `worker`.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,7 +26,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let mut job = match JobConfig::from_file(&args.job_file) {
         Ok(job) => job,
         Err(err) => {
-            eprintln!("ranksweep: {err}");
+            let _ = writeln!(std::io::stderr(), "ranksweep: {err}");
             return Ok(ExitCode::from(err.class().code()));
         }
     };
@@ -105,7 +106,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         }
         Err(err) => {
             let class = err.class();
-            eprintln!("ranksweep: {err} (class {class})");
+            let _ = writeln!(std::io::stderr(), "ranksweep: {err} (class {class})");
             Ok(ExitCode::from(class.code()))
         }
     }

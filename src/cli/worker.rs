@@ -84,7 +84,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         }
         Err(err) => {
             let class = err.class();
-            eprintln!("ranksweep: {err}");
+            let _ = writeln!(std::io::stderr(), "ranksweep: {err}");
             emit(&Event::End {
                 class,
                 error: Some(err.to_string()),

@@ -144,16 +144,8 @@ impl Splits {
             source,
         };
         let text = serde_json::to_string_pretty(self).expect("splits serialize");
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        fs::write(&tmp, text + "\n").map_err(|e| io_err("cannot write splits", e))?;
-        fs::rename(&tmp, path).map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            io_err("cannot write splits", e)
-        })
+        crate::durable::write_atomic(path, (text + "\n").as_bytes())
+            .map_err(|e| io_err("cannot write splits", e))
     }
 
     /// Checks every fold against the dataset's case ids: each case known, train and val

@@ -23,7 +23,6 @@
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use ::nifti::volume::inmem::InMemNiftiVolume;
 use ::nifti::writer::WriterOptions;
@@ -97,6 +96,15 @@ pub enum VolumeErrorKind {
     NonFinite { count: usize, total: usize },
     #[error("label value {value} is not in 0..=255")]
     LabelValue { value: f32 },
+    #[error(
+        "volume of {voxels} voxels (dim {shape:?}) is larger than the limit of {max_voxels} voxels, or an axis above {max_dim}"
+    )]
+    TooLarge {
+        shape: [usize; 3],
+        voxels: usize,
+        max_voxels: usize,
+        max_dim: usize,
+    },
     #[error("invalid header: {0}")]
     Header(String),
     #[error("expected a file name ending in .nii or .nii.gz")]
@@ -226,32 +234,57 @@ pub fn read_header(path: impl AsRef<Path>) -> Result<HeaderInfo, VolumeError> {
     Ok(info)
 }
 
-/// The whole file, gzip-decoded when its first bytes are the gzip magic (whatever its name).
-pub fn read_decoded_bytes(path: impl AsRef<Path>) -> Result<Vec<u8>, VolumeError> {
-    let path = path.as_ref();
+/// The header and the voxel bytes (gzip-decoded when the first bytes are the gzip magic,
+/// whatever the name). Reading stops at `vox_offset` + the data size the header declares: a
+/// gzip bomb behind a small header is never decompressed further, and no buffer grows beyond
+/// what the (bounded) header asks for.
+fn read_bounded(path: &Path) -> Result<(HeaderInfo, Vec<u8>), VolumeError> {
     let err = |kind| VolumeError::new(path, kind);
-    let raw = fs::read(path).map_err(|e| err(VolumeErrorKind::Io(e)))?;
-    if raw.is_empty() {
+    let file = File::open(path).map_err(|e| err(VolumeErrorKind::Io(e)))?;
+    let file_len = file.metadata().map_or(0, |m| m.len());
+    let mut file = BufReader::new(file);
+    let mut magic = [0u8; 2];
+    let n = read_up_to(&mut file, &mut magic).map_err(|e| err(VolumeErrorKind::Io(e)))?;
+    if n == 0 {
         return Err(err(VolumeErrorKind::Empty));
     }
-    if !raw.starts_with(&GZIP_MAGIC) {
-        return Ok(raw);
-    }
-    // The gzip trailer holds the decoded size modulo 2^32: a good capacity hint.
-    let hint = raw.len().checked_sub(4).map_or(0, |i| {
-        u32::from_le_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]) as usize
-    });
-    let mut out = Vec::with_capacity(hint.min(1 << 31));
-    MultiGzDecoder::new(&raw[..])
-        .read_to_end(&mut out)
-        .map_err(|e| err(VolumeErrorKind::Gzip(e)))?;
-    Ok(out)
+    let gz = n == 2 && magic == GZIP_MAGIC;
+    let head = &magic[..n];
+    let mut reader: Box<dyn Read> = if gz {
+        Box::new(MultiGzDecoder::new(head.chain(file)))
+    } else {
+        Box::new(head.chain(file))
+    };
+    let read_err = |e| {
+        err(if gz {
+            VolumeErrorKind::Gzip(e)
+        } else {
+            VolumeErrorKind::Io(e)
+        })
+    };
+    let mut bytes = Vec::with_capacity(HEADER_BYTES);
+    (&mut reader)
+        .take(HEADER_BYTES as u64)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    let info = parse_header(path, &bytes).map_err(err)?;
+    let offset = info.header.vox_offset as usize;
+    let need = offset + info.voxels() * info.datatype.size_of();
+    // Capacity: what the header asks, but no more than the input can hold (deflate expands at
+    // most ~1032×), so a lying header costs nothing until its bytes really arrive.
+    let ratio = if gz { 1032 } else { 1 };
+    let most = (file_len as usize).saturating_mul(ratio);
+    bytes.reserve(need.min(most).saturating_sub(bytes.len()));
+    reader
+        .take((need - bytes.len().min(need)) as u64)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    Ok((info, bytes))
 }
 
 fn read_f32(path: &Path) -> Result<Volume<f32>, VolumeError> {
     let err = |kind| VolumeError::new(path, kind);
-    let mut bytes = read_decoded_bytes(path)?;
-    let info = parse_header(path, &bytes).map_err(err)?;
+    let (info, mut bytes) = read_bounded(path)?;
     let offset = info.header.vox_offset as usize;
     let expected = info.voxels() * info.datatype.size_of();
     let found = bytes.len().saturating_sub(offset);
@@ -350,6 +383,17 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<HeaderInfo, VolumeErrorKind
         });
     }
     let shape = [dims[2] as usize, dims[1] as usize, dims[0] as usize];
+    // Bounded before anything of this size is read or allocated (dims are i16, so no overflow).
+    let voxels: usize = shape.iter().product();
+    use crate::limits::{MAX_IMAGE_DIM, MAX_VOXELS};
+    if voxels > MAX_VOXELS || shape.iter().any(|&d| d > MAX_IMAGE_DIM) {
+        return Err(VolumeErrorKind::TooLarge {
+            shape,
+            voxels,
+            max_voxels: MAX_VOXELS,
+            max_dim: MAX_IMAGE_DIM,
+        });
+    }
 
     let datatype = match header.data_type() {
         Ok(
@@ -573,8 +617,6 @@ fn header_to_write<T>(vol: &Volume<T>) -> NiftiHeader {
     h
 }
 
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 fn write_with<T>(
     vol: &Volume<T>,
     path: &Path,
@@ -593,34 +635,18 @@ fn write_with<T>(
     }
     let header = header_to_write(vol);
 
-    // Same folder, so the rename is atomic; the name keeps the suffix the crate reads.
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let suffix = if gz { "nii.gz" } else { "nii" };
-    let tmp = dir.join(format!(
-        ".ranksweep-tmp-{}-{n}.{suffix}",
-        std::process::id()
-    ));
-
-    let result = (|| {
-        let opts = WriterOptions::new(&tmp)
+    // The temporary name ends with the target's, so it keeps the suffix the crate reads.
+    crate::durable::replace_with(path, |tmp| {
+        let opts = WriterOptions::new(tmp)
             .reference_header(&header)
             .compress(gz);
         // [z, y, x] C order reversed is NIfTI's [x, y, z] Fortran order: no copy.
-        write(&opts, vol.data.view().reversed_axes()).map_err(|e| e.to_string())?;
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| e.to_string())?;
-        fs::rename(&tmp, path).map_err(|e| e.to_string())
-    })();
-    if let Err(msg) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(err(VolumeErrorKind::Write(msg)));
-    }
-    Ok(())
+        write(&opts, vol.data.view().reversed_axes()).map_err(|e| match e {
+            ::nifti::NiftiError::Io(e) => crate::durable::describe(e, "cannot write"),
+            e => io::Error::other(e.to_string()),
+        })
+    })
+    .map_err(|e| err(VolumeErrorKind::Write(e.to_string())))
 }
 
 /// `read` until `buf` is full or the reader ends; returns how many bytes were read.
@@ -668,6 +694,46 @@ mod tests {
     }
     fn put_i16(bytes: &mut [u8], at: usize, v: i16) {
         bytes[at..at + 2].copy_from_slice(&v.to_ne_bytes());
+    }
+
+    /// A gzip bomb: a valid 8×16×16 i16 volume followed by 64 MiB of zeros, with the gzip
+    /// trailer (CRC, size) corrupted. A reader that stops at the header's data size reads the
+    /// volume; one that decompresses on hits 64 MiB and then the bad CRC.
+    #[test]
+    fn a_gzip_bomb_is_read_only_up_to_the_headers_data_size() {
+        let d = tempfile::tempdir().unwrap();
+        let vol = ramp_i16([8, 16, 16]);
+        let mut raw = nii_bytes(d.path(), &vol);
+        raw.extend(std::iter::repeat_n(0u8, 64 << 20));
+        let mut gz = gzip(&raw);
+        let n = gz.len();
+        for b in &mut gz[n - 8..] {
+            *b ^= 0xff;
+        }
+        assert!(gz.len() < 1 << 20, "{} bytes", gz.len());
+        let p = d.path().join("bomb.nii.gz");
+        fs::write(&p, &gz).unwrap();
+        let t = std::time::Instant::now();
+        let back = read_volume(&p).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.shape(), [8, 16, 16]);
+        assert_eq!(back.data[[1, 2, 3]], vol.data[[1, 2, 3]] as f32);
+        assert!(t.elapsed().as_millis() < 500, "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn headers_above_the_size_limits_are_refused_before_reading() {
+        let d = tempfile::tempdir().unwrap();
+        let mut raw = nii_bytes(d.path(), &ramp_i16([2, 4, 4]));
+        // 8192 × 8192 × 8192 voxels, declared by a 400-byte file.
+        for k in 1..=3 {
+            put_i16(&mut raw, DIM + 2 * k, 8192);
+        }
+        let p = d.path().join("huge.nii");
+        fs::write(&p, &raw).unwrap();
+        let e = read_volume(&p).unwrap_err().to_string();
+        assert!(e.contains("larger than the limit"), "{e}");
+        let e = read_header(&p).unwrap_err().to_string();
+        assert!(e.contains("larger than the limit"), "{e}");
     }
 
     // Byte offsets in the NIfTI-1 header.

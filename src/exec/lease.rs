@@ -209,8 +209,8 @@ pub fn acquire(dir: &Path, lease: &Lease) -> Result<Result<(), Lease>, ExecError
 
 /// Rewrites the lease we hold (atomic rename), e.g. with the worker's pid.
 pub fn update(dir: &Path, lease: &Lease) -> Result<(), ExecError> {
-    let tmp = write_temp(dir, lease)?;
-    fs::rename(&tmp, lease_path(dir)).map_err(ExecError::io(lease_path(dir)))
+    let path = lease_path(dir);
+    crate::durable::write_atomic(&path, lease.to_json().as_bytes()).map_err(ExecError::io(path))
 }
 
 /// Removes the lease if it is ours (same owner pid); someone else's lease is left alone.

@@ -121,6 +121,15 @@ pub fn fingerprints(spec: &Spec) -> anyhow::Result<Fingerprints> {
         .with_context(|| format!("`data.source` of {}", spec.file.display()))?;
     let target = index_dataset(&spec.data.target)
         .with_context(|| format!("`data.target` of {}", spec.file.display()))?;
+    let cases = target.case_ids().len();
+    if spec.data.folds > cases {
+        anyhow::bail!(
+            "{}: `data.folds`: expected at most as many folds as target cases ({cases} in {}), got {}",
+            spec.file.display(),
+            spec.data.target.display(),
+            spec.data.folds
+        );
+    }
     Ok(Fingerprints {
         code: crate::version::code_fingerprint(),
         source: source.fingerprint,

@@ -39,6 +39,8 @@ pub enum AdaptError {
     RankMissing { kind: AdaptationKind },
     #[error("`rank`: expected a positive integer, got 0")]
     RankZero,
+    #[error("`rank`: {}", crate::limits::too_large("rank", crate::limits::MAX_RANK, .0))]
+    RankTooLarge(usize),
     #[error("`alpha`: expected a positive finite number, got {0}")]
     BadAlpha(f64),
     #[error("`module`: `none` takes no module")]
@@ -102,6 +104,9 @@ impl AdaptationSpec {
             match self.rank {
                 None => return Err(AdaptError::RankMissing { kind }),
                 Some(0) => return Err(AdaptError::RankZero),
+                Some(r) if r > crate::limits::MAX_RANK => {
+                    return Err(AdaptError::RankTooLarge(r));
+                }
                 Some(_) => {}
             }
             if let Some(a) = self.alpha
@@ -256,6 +261,10 @@ mod tests {
         );
         a.rank = Some(0);
         assert_eq!(a.validate().unwrap_err(), AdaptError::RankZero);
+        a.rank = Some(1_000_000_000);
+        let e = a.validate().unwrap_err();
+        assert_eq!(e, AdaptError::RankTooLarge(1_000_000_000));
+        assert!(e.to_string().contains("at most 1024"), "{e}");
         a.rank = Some(2);
         a.module = None;
         assert!(matches!(

@@ -11,6 +11,13 @@ pub enum ConfigError {
     ZeroWidth(Vec<usize>),
     #[error("`in_channels`: expected a positive integer, got 0")]
     NoInput,
+    /// A size above its bound in [`crate::limits`].
+    #[error("`{field}`: {}", crate::limits::too_large(field, limit, value))]
+    TooLarge {
+        field: &'static str,
+        limit: usize,
+        value: usize,
+    },
     #[error(
         "input {h}×{w} cannot be pooled {pools} times: height and width must be multiples of {multiple} (pad the input)"
     )]
@@ -70,7 +77,43 @@ impl UnetConfig {
         if self.features.contains(&0) {
             return Err(ConfigError::ZeroWidth(self.features.clone()));
         }
+        use crate::limits::{MAX_IN_CHANNELS, MAX_LEVELS, MAX_WIDTH};
+        let too_large = |field, limit, value| {
+            Err(ConfigError::TooLarge {
+                field,
+                limit,
+                value,
+            })
+        };
+        if self.in_channels > MAX_IN_CHANNELS {
+            return too_large("in_channels", MAX_IN_CHANNELS, self.in_channels);
+        }
+        if self.features.len() > MAX_LEVELS {
+            return too_large("features (levels)", MAX_LEVELS, self.features.len());
+        }
+        if let Some(&w) = self.features.iter().find(|&&w| w > MAX_WIDTH) {
+            return too_large("features", MAX_WIDTH, w);
+        }
+        let params = self.estimated_params();
+        if params > crate::limits::MAX_PARAMS {
+            return too_large("features (parameters)", crate::limits::MAX_PARAMS, params);
+        }
         Ok(())
+    }
+
+    /// An upper estimate of the parameter count (3×3 convs of both halves plus the 2×2 up
+    /// convolutions), computed with widths already bounded, so no overflow.
+    pub fn estimated_params(&self) -> usize {
+        let mut n = 0usize;
+        let mut prev = self.in_channels;
+        for (l, &f) in self.features.iter().enumerate() {
+            n += 9 * f * (prev + f) + 4 * f;
+            if let Some(&next) = self.features.get(l + 1) {
+                n += 9 * f * (2 * f + f) + 4 * next * f + 4 * f;
+            }
+            prev = f;
+        }
+        n
     }
 
     /// Number of 2×2 poolings (= encoder levels).
@@ -131,6 +174,25 @@ mod tests {
         );
         assert!(UnetConfig::new(1, vec![16, 0]).is_err());
         assert!(UnetConfig::new(0, vec![4, 8]).is_err());
+        let e = UnetConfig::new(1_000_000_000, vec![4, 8])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`in_channels`") && e.contains("at most 64"),
+            "{e}"
+        );
+        let e = UnetConfig::new(1, vec![4, 1 << 30])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`features`") && e.contains("at most 4096"),
+            "{e}"
+        );
+        assert!(UnetConfig::new(1, vec![4; 11]).is_err());
+        let e = UnetConfig::new(1, vec![4096; 10]).unwrap_err().to_string();
+        assert!(e.contains("parameters"), "{e}");
+        // The paper's model is far below the bound.
+        assert!(UnetConfig::new(3, vec![32, 64, 128, 256, 512]).is_ok());
         let cfg = UnetConfig::default();
         assert_eq!(cfg.multiple(), 8);
         assert!(cfg.check_input(128, 64).is_ok());

@@ -19,6 +19,7 @@ use super::cells::{self, Cell, ExpandError};
 use super::values::{Alpha, DurationValue, NonNegF64, Positive, PositiveF64, SelectorValue};
 use super::yaml::{self, OneOrMany, Pos, YamlPath};
 use crate::data::preprocess::View;
+use crate::limits;
 use crate::model::{
     AdamWConfig, AdaptationKind, AdaptationSpec, LrSchedule, Selector, Unet2d, UnetConfig,
 };
@@ -413,6 +414,30 @@ pub fn parse(text: &str, file: &Path) -> Result<Spec, SpecError> {
         file: file.display().to_string(),
         text,
     };
+    // Bounded before the YAML parser sees it (it buffers the whole event stream).
+    if text.len() > limits::MAX_SPEC_BYTES {
+        return Err(SpecError::Invalid {
+            file: ctx.file,
+            pos: None,
+            field: String::new(),
+            message: format!(
+                "the spec is {} bytes; expected at most {} (the limit of a spec file)",
+                text.len(),
+                limits::MAX_SPEC_BYTES
+            ),
+        });
+    }
+    if let Some((line, depth)) = limits::yaml_depth_error(text) {
+        return Err(SpecError::Invalid {
+            file: ctx.file,
+            pos: Some(Pos { line, column: 1 }),
+            field: String::new(),
+            message: format!(
+                "nesting depth {depth} reached; expected at most {} (the limit of YAML nesting)",
+                limits::MAX_YAML_DEPTH
+            ),
+        });
+    }
     let raw: SpecFile = serde_yaml::from_str(text).map_err(|e| {
         let l = yaml::split_error(&e);
         SpecError::Invalid {
@@ -507,17 +532,31 @@ fn validate(raw: SpecFile, file: &Path, ctx: &Ctx) -> Result<Spec, SpecError> {
     };
 
     let r = &raw.resources;
+    let rp = root().key("resources");
+    let retries = r.retries.unwrap_or(2);
+    bounded(
+        retries as usize,
+        limits::MAX_RETRIES as usize,
+        &rp.key("retries"),
+        ctx,
+    )?;
     let resources = Resources {
         timeout: r.timeout.map_or(Duration::from_secs(2 * 3600), |d| d.0),
         no_progress: r.no_progress.map_or(Duration::from_secs(15 * 60), |d| d.0),
-        retries: r.retries.unwrap_or(2),
-        threads: r.threads.map_or(1, |t| t.0),
+        retries,
+        threads: bounded(
+            r.threads.map_or(1, |t| t.0),
+            limits::MAX_THREADS,
+            &rp.key("threads"),
+            ctx,
+        )?,
     };
 
     let gp = root().key("grid");
     if raw.grid.is_empty() {
         return Err(ctx.err(&gp, "expected at least one grid block, got []"));
     }
+    check_list(raw.grid.len(), &gp, ctx)?;
     // Selectors resolve against a model with the spec's depth; layer names depend only on the
     // number of levels, so width-1 layers make the check cheap for any model size.
     let probe_cfg = UnetConfig {
@@ -529,6 +568,26 @@ fn validate(raw: SpecFile, file: &Path, ctx: &Ctx) -> Result<Spec, SpecError> {
     let mut grid = Vec::with_capacity(raw.grid.len());
     for (i, b) in raw.grid.iter().enumerate() {
         grid.push(validate_block(b, &gp.index(i), &raw.finetune, &probe, ctx)?);
+    }
+
+    // The job count from the grid product, with checked arithmetic, before any cell exists.
+    let replicates = limits::product([model.views.len(), data.folds, seeds.len()]);
+    let mut total = replicates;
+    for (i, b) in grid.iter().enumerate() {
+        let block =
+            limits::product(std::iter::once(b.kinds.len()).chain(b.axes.iter().map(Vec::len)));
+        let jobs = block.and_then(|n| replicates.and_then(|r| n.checked_mul(r)));
+        total = total.and_then(|t| jobs.and_then(|j| t.checked_add(j)));
+        if total.is_none_or(|t| t > limits::MAX_JOBS) {
+            let shown = total.map_or("more than 2^64".to_string(), |t| t.to_string());
+            return Err(ctx.err(
+                &gp.index(i),
+                format!(
+                    "the sweep reaches {shown} jobs at this block (cells × views × folds × seeds); expected at most {} (the limit of jobs per sweep)",
+                    limits::MAX_JOBS
+                ),
+            ));
+        }
     }
 
     let cells = cells::expand(&grid).map_err(|e| match e {
@@ -580,6 +639,8 @@ fn no_duplicates<T: PartialEq, W>(
     ctx: &Ctx,
     show: impl Fn(&T) -> String,
 ) -> Result<(), SpecError> {
+    // Bounded first: the check below is quadratic.
+    check_list(items.len(), key, ctx)?;
     for (i, x) in items.iter().enumerate() {
         if items[..i].contains(x) {
             return Err(ctx.err(
@@ -589,6 +650,18 @@ fn no_duplicates<T: PartialEq, W>(
         }
     }
     Ok(())
+}
+
+/// A list longer than [`limits::MAX_LIST_LEN`] is refused at its key.
+fn check_list(len: usize, key: &YamlPath, ctx: &Ctx) -> Result<(), SpecError> {
+    limits::check(&format!("{key} (values)"), len, limits::MAX_LIST_LEN)
+        .map_err(|m| ctx.err(key, m))
+}
+
+/// `value` ≤ `limit`, else an error at `path` naming the field and the limit.
+fn bounded(value: usize, limit: usize, path: &YamlPath, ctx: &Ctx) -> Result<usize, SpecError> {
+    limits::check(&path.to_string(), value, limit).map_err(|m| ctx.err(path, m))?;
+    Ok(value)
 }
 
 fn validate_data(d: &DataFile, dir: &Path, ctx: &Ctx) -> Result<DataSpec, SpecError> {
@@ -605,15 +678,45 @@ fn validate_data(d: &DataFile, dir: &Path, ctx: &Ctx) -> Result<DataSpec, SpecEr
     };
     let source = folder(&d.source, "source")?;
     let target = folder(&d.target, "target")?;
-    let folds = d.folds.map_or(3, |f| f.0);
+    let folds = bounded(
+        d.folds.map_or(3, |f| f.0),
+        limits::MAX_FOLDS,
+        &dp.key("folds"),
+        ctx,
+    )?;
     if folds < 2 {
         return Err(ctx.err(
             &dp.key("folds"),
             format!("expected at least 2 folds for cross-validation, got {folds}"),
         ));
     }
+    if let Some(s) = &d.synthesize {
+        let sp = dp.key("synthesize");
+        bounded(
+            s.source_cases.0,
+            limits::MAX_CASES,
+            &sp.key("source_cases"),
+            ctx,
+        )?;
+        bounded(
+            s.target_cases.0,
+            limits::MAX_CASES,
+            &sp.key("target_cases"),
+            ctx,
+        )?;
+        if folds > s.target_cases.0 {
+            return Err(ctx.err(
+                &dp.key("folds"),
+                format!(
+                    "expected at most as many folds as cases: `data.synthesize.target_cases` is {}, got {folds} folds",
+                    s.target_cases.0
+                ),
+            ));
+        }
+    }
     let labels = |l: &Option<OneOrMany<Positive>>, key: &'static str| {
         let Some(l) = l else { return Ok(None) };
+        check_list(l.items.len(), &dp.key(key), ctx)?;
         if l.items.is_empty() {
             return Err(ctx.err(
                 &dp.key(key),
@@ -644,6 +747,9 @@ fn validate_data(d: &DataFile, dir: &Path, ctx: &Ctx) -> Result<DataSpec, SpecEr
 fn validate_model(m: &ModelFile, ctx: &Ctx) -> Result<ModelSpec, SpecError> {
     let mp = root().key("model");
     let default = UnetConfig::default();
+    if let Some(f) = &m.features {
+        check_list(f.len(), &mp.key("features"), ctx)?;
+    }
     let unet = UnetConfig {
         in_channels: m.in_channels.map_or(default.in_channels, |c| c.0),
         features: m
@@ -651,8 +757,17 @@ fn validate_model(m: &ModelFile, ctx: &Ctx) -> Result<ModelSpec, SpecError> {
             .as_ref()
             .map_or(default.features, |f| f.iter().map(|p| p.0).collect()),
     };
-    unet.validate()
-        .map_err(|e| ctx.err(&mp.key("features"), strip_field(&e.to_string())))?;
+    unet.validate().map_err(|e| {
+        let key = match e {
+            crate::model::config::ConfigError::NoInput
+            | crate::model::config::ConfigError::TooLarge {
+                field: "in_channels",
+                ..
+            } => "in_channels",
+            _ => "features",
+        };
+        ctx.err(&mp.key(key), strip_field(&e.to_string()))
+    })?;
     let views = match &m.views {
         None => vec![View::Axial],
         Some(v) => {
@@ -672,9 +787,17 @@ fn resolve_train(
     path: &YamlPath,
     ctx: &Ctx,
 ) -> Result<TrainSettings, SpecError> {
-    let steps = t.steps.map_or(defaults.steps, |s| s.0);
+    let steps = bounded(
+        t.steps.map_or(defaults.steps, |s| s.0),
+        limits::MAX_STEPS,
+        &path.key("steps"),
+        ctx,
+    )?;
     let base = AdamWConfig::default();
     let warmup_steps = t.warmup_steps.unwrap_or(0);
+    if let Some(b) = t.batch {
+        bounded(b.0, limits::MAX_BATCH, &path.key("batch"), ctx)?;
+    }
     if warmup_steps >= steps {
         return Err(ctx.err(
             &path.key("warmup_steps"),
@@ -682,6 +805,7 @@ fn resolve_train(
         ));
     }
     let val_every = t.val_every.map_or((steps / 10).max(1), |v| v.0);
+    bounded(val_every, limits::MAX_STEPS, &path.key("val_every"), ctx)?;
     Ok(TrainSettings {
         steps,
         batch: t.batch.map_or(16, |b| b.0),
@@ -725,6 +849,24 @@ fn validate_block(
 
     let zip = b.zip.as_ref();
     let mut axes: Vec<Vec<Partial>> = Vec::new();
+    if let Some(r) = &b.rank {
+        for (i, v) in r.items.iter().enumerate() {
+            bounded(v.0, limits::MAX_RANK, &r.item_path(&bp.key("rank"), i), ctx)?;
+        }
+    }
+    if let Some(r) = zip.and_then(|z| z.rank.as_ref()) {
+        for (i, v) in r.iter().enumerate() {
+            bounded(
+                v.0,
+                limits::MAX_RANK,
+                &bp.key("zip").key("rank").index(i),
+                ctx,
+            )?;
+        }
+    }
+    if let Some(e) = &b.exclude {
+        check_list(e.len(), &bp.key("exclude"), ctx)?;
+    }
 
     // Plain axes: present, non-empty, no repeated value, not also zipped.
     macro_rules! plain_axis {
@@ -790,6 +932,7 @@ fn validate_block(
         if n == 0 {
             return Err(ctx.err(&zp.key(first), "expected at least one value, got []"));
         }
+        check_list(n, &zp.key(first), ctx)?;
         for &(k, m) in &lens[1..] {
             if m != n {
                 return Err(ctx.err(

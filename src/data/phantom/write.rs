@@ -159,6 +159,10 @@ pub fn write_cohort(cfg: &PhantomConfig, out: &Path) -> Result<CohortSummary, Ph
         fs::remove_dir(out).map_err(io(out))?;
     }
     fs::rename(&tmp.path, out).map_err(io(out))?;
+    // The rename is durable only once the parent folder is synced.
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::durable::sync_dir(parent).map_err(io(out))?;
+    }
     let mut tmp = tmp;
     tmp.keep = true;
     Ok(CohortSummary {

@@ -12,7 +12,6 @@
 //! reads it with the parsers of [`super::state`]. It is written atomically (temp + rename).
 
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -411,20 +410,12 @@ fn absolute_dir(p: &Path) -> Result<PathBuf> {
     Ok(cwd.join(p))
 }
 
-/// Writes `path` through a temporary file in the same folder and a rename.
+/// Writes `path` durably through [`crate::durable`].
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| SlurmError::Io {
+    crate::durable::write_atomic(path, bytes).map_err(|source| SlurmError::Io {
         path: path.to_owned(),
         source,
-    };
-    let name = path
-        .file_name()
-        .map_or_else(Default::default, |n| n.to_string_lossy());
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut f = fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+    })
 }
 
 #[cfg(test)]
