@@ -6,6 +6,7 @@ mod exec;
 mod job;
 mod metrics;
 mod model;
+mod model3d;
 mod phantom;
 mod report;
 mod runs;
