@@ -181,8 +181,7 @@ fn forward<T: Float>(x: &[T], w: &[T], bias: &[T], g: Geom) -> Vec<T> {
                     (q, 1),
                 )
             }
-            for o in 0..g.co {
-                let bo = bias[o];
+            for (o, &bo) in bias.iter().enumerate().take(g.co) {
                 for (kd, kh) in (0..g.kd).flat_map(|kd| (0..2).map(move |kh| (kd, kh))) {
                     let tap = o * nk + kd * 4 + kh * 2;
                     let t0 = &t[tap * n..][..n];
