@@ -228,7 +228,7 @@ mod tests {
             ..b.clone()
         };
         assert!(run(&big).unwrap_err().to_string().contains("at most 256"));
-        let odd = TrainStepBench { size: 6, ..b };
-        assert!(run(&odd).unwrap_err().to_string().contains("6×6×6"));
+        let odd = TrainStepBench { size: 7, ..b };
+        assert!(run(&odd).unwrap_err().to_string().contains("7×7×7"));
     }
 }
