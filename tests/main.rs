@@ -11,6 +11,7 @@ mod job;
 mod lifecycle;
 mod metrics;
 mod model;
+mod model3d;
 mod phantom;
 mod report;
 mod runs;

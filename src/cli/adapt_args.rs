@@ -12,12 +12,19 @@ pub struct ModelArgs {
     /// Input channels (HU windows stacked as channels).
     #[arg(long, default_value_t = 1, value_parser = super::bounds::in_channels)]
     pub in_channels: usize,
+    /// Spatial dimensions: 2 (the contract's Unet2D) or 3 (3×3×3 convs, 5D tensors).
+    #[arg(long, default_value_t = 2)]
+    pub dims: usize,
 }
 
 impl ModelArgs {
     pub fn config(&self) -> anyhow::Result<UnetConfig> {
         let features = parse_features(&self.features).map_err(anyhow::Error::msg)?;
-        Ok(UnetConfig::new(self.in_channels, features)?)
+        Ok(UnetConfig::with_dims(
+            self.in_channels,
+            features,
+            self.dims,
+        )?)
     }
 }
 

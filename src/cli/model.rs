@@ -89,5 +89,11 @@ fn summary(args: SummaryArgs) -> anyhow::Result<ExitCode> {
         s.total_params,
         s.trainable_percent
     );
+    if let Some(f) = &s.formula {
+        println!(
+            "per adapted {}D conv: {f} (O, I: out/in channels, k = 3, r: rank)",
+            cfg.dims
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

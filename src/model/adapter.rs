@@ -18,10 +18,11 @@ pub enum Factors {
     LoraC { a: Param, b: Param },
     /// `lora_A.weight` (r, I, k, k), `lora_B.weight` (O, r, 1, 1).
     ConvLora { a: Param, b: Param },
-    /// `cp.out` (O, r), `cp.in` (I, r), `cp.kh` (k, r), `cp.kw` (k, r).
+    /// `cp.out` (O, r), `cp.in` (I, r), (3D: `cp.kd` (k, r)), `cp.kh` (k, r), `cp.kw` (k, r).
     Cp {
         out: Param,
         inp: Param,
+        kd: Option<Param>,
         kh: Param,
         kw: Param,
     },
@@ -38,7 +39,9 @@ pub struct Adapter {
 }
 
 impl Adapter {
-    /// Creates the adapter for base weight `w0` (O, I, k, k) with the contract's init.
+    /// Creates the adapter for base weight `w0` (O, I, k, k) or, in 3D, (O, I, k, k, k) with
+    /// the contract's init (3D: lora-c A (r·k, I·k²), conv-lora A (r, I, k, k, k) and
+    /// B (O, r, 1, 1, 1), cp-lora a depth factor `cp.kd`; the DoRA norm over (I, k, k, k)).
     /// `path` is the conv's layer path (`decoder.1.conv2`), used to name and seed tensors.
     pub fn init(
         kind: AdaptationKind,
@@ -54,7 +57,13 @@ impl Adapter {
         if rank == 0 {
             candle_core::bail!("adapter rank must be at least 1")
         }
-        let (o, i, k, _) = w0.dims4()?;
+        let (o, i, k, vol) = match w0.dims() {
+            &[o, i, k, _] => (o, i, k, false),
+            &[o, i, k, _, _] => (o, i, k, true),
+            d => candle_core::bail!("adapter: expected a 4D or 5D conv weight, got {d:?}"),
+        };
+        // Spatial kernel elements and lora-c's column factor k^(dims − 1).
+        let (kk, kc) = if vol { (k * k * k, k * k) } else { (k * k, k) };
         let dev = w0.device();
         let r = rank;
         let name = |t: &str| format!("{path}.{t}");
@@ -64,22 +73,29 @@ impl Adapter {
                 a: var(uniform(
                     seed,
                     &name("lora_A.weight"),
-                    &[r * k, i * k],
-                    1.0 / ((i * k) as f64).sqrt(),
+                    &[r * k, i * kc],
+                    1.0 / ((i * kc) as f64).sqrt(),
                     dev,
                 )?)?,
                 b: var(zeros(&[o * k, r * k], dev)?)?,
             },
-            Factorization::ConvLora => Factors::ConvLora {
-                a: var(uniform(
-                    seed,
-                    &name("lora_A.weight"),
-                    &[r, i, k, k],
-                    1.0 / ((i * k * k) as f64).sqrt(),
-                    dev,
-                )?)?,
-                b: var(zeros(&[o, r, 1, 1], dev)?)?,
-            },
+            Factorization::ConvLora => {
+                let (a_shape, b_shape) = if vol {
+                    (vec![r, i, k, k, k], vec![o, r, 1, 1, 1])
+                } else {
+                    (vec![r, i, k, k], vec![o, r, 1, 1])
+                };
+                Factors::ConvLora {
+                    a: var(uniform(
+                        seed,
+                        &name("lora_A.weight"),
+                        &a_shape,
+                        1.0 / ((i * kk) as f64).sqrt(),
+                        dev,
+                    )?)?,
+                    b: var(zeros(&b_shape, dev)?)?,
+                }
+            }
             Factorization::Cp => Factors::Cp {
                 out: var(zeros(&[o, r], dev)?)?,
                 inp: var(normal(
@@ -89,6 +105,17 @@ impl Adapter {
                     1.0 / (i as f64).sqrt(),
                     dev,
                 )?)?,
+                kd: if vol {
+                    Some(var(normal(
+                        seed,
+                        &name("cp.kd"),
+                        &[k, r],
+                        1.0 / (k as f64).sqrt(),
+                        dev,
+                    )?)?)
+                } else {
+                    None
+                },
                 kh: var(normal(
                     seed,
                     &name("cp.kh"),
@@ -131,25 +158,37 @@ impl Adapter {
         self.scale
     }
 
-    /// ΔW (O, I, k, k) from the factors, for a base weight of `shape`.
-    pub fn delta(&self, shape: (usize, usize, usize, usize)) -> Result<Tensor> {
-        let (o, i, k, _) = shape;
+    /// ΔW (O, I, k, k) — or (O, I, k, k, k) — from the factors, for a base weight of `shape`.
+    pub fn delta(&self, shape: &[usize]) -> Result<Tensor> {
+        let (o, i, k) = (shape[0], shape[1], shape[2]);
+        let kk: usize = shape[2..].iter().product();
         let r = self.rank;
         match &self.factors {
-            Factors::LoraC { a, b } => b.tensor().matmul(a.tensor())?.reshape((o, i, k, k)),
+            Factors::LoraC { a, b } => b.tensor().matmul(a.tensor())?.reshape(shape),
             Factors::ConvLora { a, b } => {
                 let b2 = b.tensor().reshape((o, r))?;
-                let a2 = a.tensor().reshape((r, i * k * k))?;
-                b2.matmul(&a2)?.reshape((o, i, k, k))
+                let a2 = a.tensor().reshape((r, i * kk))?;
+                b2.matmul(&a2)?.reshape(shape)
             }
-            Factors::Cp { out, inp, kh, kw } => {
-                // khw[j, h, w] = kh[h, j]·kw[w, j]; then (in ⊗ khw)[j, i, hw]; then out · that.
+            Factors::Cp {
+                out,
+                inp,
+                kd,
+                kh,
+                kw,
+            } => {
+                // khw[j, h, w] = kh[h, j]·kw[w, j] (3D: kd[d, j]·khw[j, h, w]); then
+                // (in ⊗ khw)[j, i, hw]; then out · that.
                 let kh_t = kh.tensor().t()?.reshape((r, k, 1))?;
                 let kw_t = kw.tensor().t()?.reshape((r, 1, k))?;
-                let khw = kh_t.broadcast_mul(&kw_t)?.reshape((r, 1, k * k))?;
+                let mut khw = kh_t.broadcast_mul(&kw_t)?.reshape((r, 1, k * k))?;
+                if let Some(kd) = kd {
+                    let kd_t = kd.tensor().t()?.reshape((r, k, 1))?;
+                    khw = kd_t.broadcast_mul(&khw)?.reshape((r, 1, kk))?;
+                }
                 let in_t = inp.tensor().t()?.reshape((r, i, 1))?;
-                let core = in_t.broadcast_mul(&khw)?.reshape((r, i * k * k))?;
-                out.tensor().matmul(&core)?.reshape((o, i, k, k))
+                let core = in_t.broadcast_mul(&khw)?.reshape((r, i * kk))?;
+                out.tensor().matmul(&core)?.reshape(shape)
             }
         }
     }
@@ -162,7 +201,7 @@ impl Adapter {
     /// [`Adapter::weight`], with the DoRA norm taken from `norm` when given (finite-difference
     /// checks hold it fixed, as backward does).
     pub fn weight_with_norm(&self, w0: &Tensor, norm: Option<&Tensor>) -> Result<Tensor> {
-        let w = (w0 + (self.delta(w0.dims4()?)? * self.scale)?)?;
+        let w = (w0 + (self.delta(w0.dims())? * self.scale)?)?;
         match &self.magnitude {
             None => Ok(w),
             Some(m) => {
@@ -172,7 +211,9 @@ impl Adapter {
                     Some(n) => n.clone(),
                     None => channel_norms(&w)?.detach(),
                 };
-                let factor = m.tensor().div(&norm)?.reshape((o, 1, 1, 1))?;
+                let mut per_channel = vec![1; w.rank()];
+                per_channel[0] = o;
+                let factor = m.tensor().div(&norm)?.reshape(per_channel.as_slice())?;
                 w.broadcast_mul(&factor)
             }
         }
@@ -184,12 +225,18 @@ impl Adapter {
             Factors::LoraC { a, b } | Factors::ConvLora { a, b } => {
                 vec![("lora_A.weight", a), ("lora_B.weight", b)]
             }
-            Factors::Cp { out, inp, kh, kw } => vec![
-                ("cp.out", out),
-                ("cp.in", inp),
-                ("cp.kh", kh),
-                ("cp.kw", kw),
-            ],
+            Factors::Cp {
+                out,
+                inp,
+                kd,
+                kh,
+                kw,
+            } => {
+                let mut v = vec![("cp.out", out), ("cp.in", inp)];
+                v.extend(kd.as_ref().into_iter().map(|p| ("cp.kd", p)));
+                v.extend([("cp.kh", kh), ("cp.kw", kw)]);
+                v
+            }
         };
         if let Some(m) = &self.magnitude {
             v.push(("magnitude", m));
@@ -202,12 +249,18 @@ impl Adapter {
             Factors::LoraC { a, b } | Factors::ConvLora { a, b } => {
                 vec![("lora_A.weight", a), ("lora_B.weight", b)]
             }
-            Factors::Cp { out, inp, kh, kw } => vec![
-                ("cp.out", out),
-                ("cp.in", inp),
-                ("cp.kh", kh),
-                ("cp.kw", kw),
-            ],
+            Factors::Cp {
+                out,
+                inp,
+                kd,
+                kh,
+                kw,
+            } => {
+                let mut v = vec![("cp.out", out), ("cp.in", inp)];
+                v.extend(kd.as_mut().into_iter().map(|p| ("cp.kd", p)));
+                v.extend([("cp.kh", kh), ("cp.kw", kw)]);
+                v
+            }
         };
         if let Some(m) = &mut self.magnitude {
             v.push(("magnitude", m));
@@ -215,20 +268,34 @@ impl Adapter {
         v
     }
 
-    /// Trainable parameters per layer by the contract's formulas.
+    /// Trainable parameters per layer by the contract's formulas (2D).
     pub fn count(kind: AdaptationKind, rank: usize, o: usize, i: usize, k: usize) -> usize {
+        Self::count_nd(kind, rank, o, i, k, 2)
+    }
+
+    /// Trainable parameters per layer in `dims` spatial dimensions: lora-c r·k^(d−1)·(k·I + O)
+    /// (2D: r·k²·(I + O)), conv-lora r·(I·k^d + O), cp-lora r·(O + I + d·k); DoRA adds O.
+    pub fn count_nd(
+        kind: AdaptationKind,
+        rank: usize,
+        o: usize,
+        i: usize,
+        k: usize,
+        dims: usize,
+    ) -> usize {
         let r = rank;
+        let kd = k.pow(dims as u32);
         let lora = match kind.factorization() {
             None => 0,
-            Some(Factorization::LoraC) => r * k * k * (i + o),
-            Some(Factorization::ConvLora) => r * (i * k * k + o),
-            Some(Factorization::Cp) => r * (o + i + 2 * k),
+            Some(Factorization::LoraC) => r * k * (i * kd / k + o * k),
+            Some(Factorization::ConvLora) => r * (i * kd + o),
+            Some(Factorization::Cp) => r * (o + i + dims * k),
         };
         lora + if kind.is_dora() { o } else { 0 }
     }
 }
 
-/// ‖W[o]‖ over (I, k, k), shape (O).
+/// ‖W[o]‖ over (I, k, k) (or (I, k, k, k)), shape (O).
 pub fn channel_norms(w: &Tensor) -> Result<Tensor> {
     let o = w.dim(0)?;
     w.reshape((o, ()))?.sqr()?.sum(1)?.sqrt()
@@ -280,9 +347,11 @@ mod tests {
         if let Factors::Cp { out: o, .. } = &mut a.factors {
             *o = Param::Frozen(out.clone());
         }
-        let d4: Vec<f32> = a.delta((5, 3, 3, 3))?.flatten_all()?.to_vec1()?;
+        let d4: Vec<f32> = a.delta(&[5, 3, 3, 3])?.flatten_all()?.to_vec1()?;
         let (outv, inv, khv, kwv) = match &a.factors {
-            Factors::Cp { out, inp, kh, kw } => (
+            Factors::Cp {
+                out, inp, kh, kw, ..
+            } => (
                 out.tensor().to_vec2::<f32>()?,
                 inp.tensor().to_vec2::<f32>()?,
                 kh.tensor().to_vec2::<f32>()?,
@@ -349,7 +418,7 @@ mod fd_tests {
                 *p = Param::Trainable(Var::from_tensor(&t)?);
             }
             let norm = if kind.is_dora() {
-                Some(channel_norms(&(&w0 + (a.delta(w0.dims4()?)? * a.scale)?)?)?.detach())
+                Some(channel_norms(&(&w0 + (a.delta(w0.dims())? * a.scale)?)?)?.detach())
             } else {
                 None
             };
@@ -393,6 +462,98 @@ mod fd_tests {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn w0_3d() -> Result<Tensor> {
+        uniform(1, "w0", &[5, 3, 3, 3, 3], 0.3, &Device::Cpu)
+    }
+
+    /// The 3D adapters: shapes and counts by the 3D formulas, unchanged at init, DoRA's norm
+    /// over (I, k, k, k) equal to the magnitude after a step of the factors.
+    #[test]
+    fn adapters_3d_have_the_formula_shapes_counts_and_start_at_the_base() -> Result<()> {
+        let w0 = w0_3d()?;
+        for kind in AdaptationKind::ADAPTERS {
+            let a = Adapter::init(kind, 4, 4.0, &w0, "l", 0)?;
+            let n: usize = a.params().iter().map(|(_, p)| p.elem_count()).sum();
+            assert_eq!(n, Adapter::count_nd(kind, 4, 5, 3, 3, 3), "{kind}");
+            let diff = (a.weight(&w0)? - &w0)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert!(diff < 1e-6, "{kind}: {diff}");
+            let names: Vec<&str> = a.params().iter().map(|(n, _)| *n).collect();
+            let shapes: Vec<Vec<usize>> = a
+                .params()
+                .iter()
+                .map(|(_, p)| p.tensor().dims().to_vec())
+                .collect();
+            match kind.factorization().unwrap() {
+                Factorization::LoraC => assert_eq!(shapes[..2], [vec![12, 27], vec![15, 12]]),
+                Factorization::ConvLora => {
+                    assert_eq!(shapes[..2], [vec![4, 3, 3, 3, 3], vec![5, 4, 1, 1, 1]])
+                }
+                Factorization::Cp => {
+                    assert_eq!(names[..5], ["cp.out", "cp.in", "cp.kd", "cp.kh", "cp.kw"])
+                }
+            }
+        }
+        // lora-c: r·k·(k²·I) + (O·k)·(r·k); cp: r·(O + I + 3k).
+        assert_eq!(
+            Adapter::count_nd(AdaptationKind::LoraC, 2, 5, 3, 3, 3),
+            2 * 27 * 3 + 2 * 9 * 5
+        );
+        assert_eq!(
+            Adapter::count_nd(AdaptationKind::CpDora, 2, 5, 3, 3, 3),
+            2 * (5 + 3 + 9) + 5
+        );
+        Ok(())
+    }
+
+    /// 3D CP-LoRA's ΔW against the 5-way sum, and lora-c's B·A reshaped row-major.
+    #[test]
+    fn delta_3d_matches_the_explicit_sums() -> Result<()> {
+        let w0 = w0_3d()?;
+        let dev = &Device::Cpu;
+        let mut a = Adapter::init(AdaptationKind::CpLora, 2, 2.0, &w0, "l", 0)?;
+        if let Factors::Cp { out: o, .. } = &mut a.factors {
+            *o = Param::Frozen(uniform(9, "o", &[5, 2], 1.0, dev)?);
+        }
+        let d5: Vec<f32> = a.delta(&[5, 3, 3, 3, 3])?.flatten_all()?.to_vec1()?;
+        let Factors::Cp {
+            out,
+            inp,
+            kd: Some(kd),
+            kh,
+            kw,
+        } = &a.factors
+        else {
+            unreachable!()
+        };
+        let v = |p: &Param| p.tensor().to_vec2::<f32>();
+        let (ov, iv, dv, hv, wv) = (v(out)?, v(inp)?, v(kd)?, v(kh)?, v(kw)?);
+        for (o, i, z, h, w) in [(0, 0, 0, 0, 0), (4, 2, 1, 2, 0), (3, 1, 2, 1, 2)] {
+            let want: f32 = (0..2)
+                .map(|j| ov[o][j] * iv[i][j] * dv[z][j] * hv[h][j] * wv[w][j])
+                .sum();
+            let got = d5[(((o * 3 + i) * 3 + z) * 3 + h) * 3 + w];
+            assert!(
+                (want - got).abs() < 1e-5,
+                "{o}{i}{z}{h}{w}: {want} vs {got}"
+            );
+        }
+        let mut a = Adapter::init(AdaptationKind::LoraC, 2, 2.0, &w0, "l", 0)?;
+        let b = uniform(8, "b", &[15, 6], 1.0, dev)?;
+        if let Factors::LoraC { b: bp, .. } = &mut a.factors {
+            *bp = Param::Frozen(b.clone());
+        }
+        let Factors::LoraC { a: ap, .. } = &a.factors else {
+            unreachable!()
+        };
+        let ba: Vec<f32> = b.matmul(ap.tensor())?.flatten_all()?.to_vec1()?;
+        let d: Vec<f32> = a.delta(&[5, 3, 3, 3, 3])?.flatten_all()?.to_vec1()?;
+        assert_eq!(ba, d, "row-major reshape of B·A (15×27) to (5, 3, 3, 3, 3)");
         Ok(())
     }
 }

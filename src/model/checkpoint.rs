@@ -175,14 +175,19 @@ fn load(
 }
 
 fn config_meta(cfg: &UnetConfig) -> HashMap<String, String> {
-    HashMap::from([
+    let mut m = HashMap::from([
         ("in_channels".to_string(), cfg.in_channels.to_string()),
         (
             "features".to_string(),
             serde_json::to_string(&cfg.features).expect("a Vec<usize> serializes"),
         ),
         ("norm".to_string(), NORM.to_string()),
-    ])
+    ]);
+    // Only 3D models record `dims`: 2D files stay byte-identical to before.
+    if cfg.dims != 2 {
+        m.insert("dims".to_string(), cfg.dims.to_string());
+    }
+    m
 }
 
 fn field<'m>(path: &Path, meta: &'m HashMap<String, String>, key: &str) -> Result<&'m str> {
@@ -219,9 +224,13 @@ fn config_from_meta(path: &Path, meta: &HashMap<String, String>) -> Result<UnetC
                 reason: "expected a JSON list of widths".into(),
             }
         })?;
-    UnetConfig::new(in_channels, features).map_err(|e| CheckpointError::Metadata {
+    let dims = match meta.get("dims") {
+        None => 2,
+        Some(_) => parse::<usize>(path, meta, "dims", "2 or 3")?,
+    };
+    UnetConfig::with_dims(in_channels, features, dims).map_err(|e| CheckpointError::Metadata {
         path: path.into(),
-        key: "features".into(),
+        key: if dims == 2 { "features" } else { "dims" }.into(),
         reason: e.to_string(),
     })
 }
@@ -339,11 +348,13 @@ pub fn load_adapter(base: &Unet2d, path: &Path) -> Result<(Unet2d, AdapterMeta)>
         return Err(CheckpointError::Adapter {
             path: path.into(),
             reason: format!(
-                "made for a model with in_channels {} and features {:?}, the base has {} and {:?}",
+                "made for a model with in_channels {} and features {:?} ({}D), the base has {} and {:?} ({}D)",
                 meta.config.in_channels,
                 meta.config.features,
+                meta.config.dims,
                 base.config().in_channels,
-                base.config().features
+                base.config().features,
+                base.config().dims
             ),
         });
     }

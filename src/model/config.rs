@@ -18,6 +18,16 @@ pub enum ConfigError {
         limit: usize,
         value: usize,
     },
+    #[error("`dims`: expected 2 or 3, got {0}")]
+    Dims(usize),
+    #[error(
+        "input {size} cannot be pooled {pools} times: every side must be a positive multiple of {multiple} (pad the input)"
+    )]
+    NotPoolable3 {
+        size: String,
+        pools: usize,
+        multiple: usize,
+    },
     #[error(
         "input {h}×{w} cannot be pooled {pools} times: height and width must be multiples of {multiple} (pad the input)"
     )]
@@ -29,8 +39,9 @@ pub enum ConfigError {
     },
 }
 
-/// The Unet2D of the model contract: `in_channels` → `features` (the last is the bottleneck
-/// width, so `features.len()` levels) → one logit channel.
+/// The Unet of the model contract: `in_channels` → `features` (the last is the bottleneck
+/// width, so `features.len()` levels) → one logit channel; 2D (`dims` 2, the default) or 3D
+/// (`dims` 3: 3×3×3 convs, 2×2×2 pooling and up-convs, the same tensor names with 5D shapes).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnetConfig {
@@ -38,6 +49,18 @@ pub struct UnetConfig {
     pub in_channels: usize,
     #[serde(default = "default_features")]
     pub features: Vec<usize>,
+    /// Spatial dimensions, 2 or 3. Left out of the serialized form when 2, so 2D configs (and
+    /// the job keys and checkpoints made from them) read as before.
+    #[serde(default = "default_dims", skip_serializing_if = "is_2d")]
+    pub dims: usize,
+}
+
+fn default_dims() -> usize {
+    2
+}
+
+fn is_2d(d: &usize) -> bool {
+    *d == 2
 }
 
 fn default_in_channels() -> usize {
@@ -53,23 +76,47 @@ impl Default for UnetConfig {
         UnetConfig {
             in_channels: default_in_channels(),
             features: default_features(),
+            dims: 2,
         }
     }
 }
 
 impl UnetConfig {
     pub fn new(in_channels: usize, features: Vec<usize>) -> Result<Self, ConfigError> {
+        Self::with_dims(in_channels, features, 2)
+    }
+
+    /// A 2D (`dims` 2) or 3D (`dims` 3) config.
+    pub fn with_dims(
+        in_channels: usize,
+        features: Vec<usize>,
+        dims: usize,
+    ) -> Result<Self, ConfigError> {
         let cfg = UnetConfig {
             in_channels,
             features,
+            dims,
         };
         cfg.validate()?;
         Ok(cfg)
     }
 
+    pub fn is_3d(&self) -> bool {
+        self.dims == 3
+    }
+
+    /// A short label of the architecture for reports: `2d 16,32,64,128` / `3d 4,8,16`.
+    pub fn label(&self) -> String {
+        let f: Vec<String> = self.features.iter().map(|v| v.to_string()).collect();
+        format!("{}d {}", self.dims, f.join(","))
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.in_channels == 0 {
             return Err(ConfigError::NoInput);
+        }
+        if !matches!(self.dims, 2 | 3) {
+            return Err(ConfigError::Dims(self.dims));
         }
         if self.features.len() < 2 {
             return Err(ConfigError::TooFewLevels(self.features.len()));
@@ -104,12 +151,14 @@ impl UnetConfig {
     /// An upper estimate of the parameter count (3×3 convs of both halves plus the 2×2 up
     /// convolutions), computed with widths already bounded, so no overflow.
     pub fn estimated_params(&self) -> usize {
+        // Taps of a 3×3(×3) kernel and of a 2×2(×2) up-conv.
+        let (k, up) = if self.is_3d() { (27, 8) } else { (9, 4) };
         let mut n = 0usize;
         let mut prev = self.in_channels;
         for (l, &f) in self.features.iter().enumerate() {
-            n += 9 * f * (prev + f) + 4 * f;
+            n += k * f * (prev + f) + 4 * f;
             if let Some(&next) = self.features.get(l + 1) {
-                n += 9 * f * (2 * f + f) + 4 * next * f + 4 * f;
+                n += k * f * (2 * f + f) + up * next * f + 4 * f;
             }
             prev = f;
         }
@@ -138,6 +187,24 @@ impl UnetConfig {
             });
         }
         Ok(())
+    }
+
+    /// Checks that a 3D input of `d`×`h`×`w` pools cleanly.
+    pub fn check_input3(&self, d: usize, h: usize, w: usize) -> Result<(), ConfigError> {
+        let m = self.multiple();
+        if [d, h, w].iter().any(|&v| v == 0 || !v.is_multiple_of(m)) {
+            return Err(ConfigError::NotPoolable3 {
+                size: format!("{d}×{h}×{w}"),
+                pools: self.pools(),
+                multiple: m,
+            });
+        }
+        Ok(())
+    }
+
+    /// The shape of a k×k (k×k×k in 3D) kernel's spatial part.
+    pub fn kernel(&self, k: usize) -> Vec<usize> {
+        vec![k; self.dims]
     }
 
     /// GroupNorm groups for `c` channels: min(8, c), reduced until it divides `c`.
@@ -198,6 +265,30 @@ mod tests {
         assert!(cfg.check_input(128, 64).is_ok());
         let err = cfg.check_input(100, 128).unwrap_err().to_string();
         assert!(err.contains("multiples of 8"), "{err}");
+    }
+
+    #[test]
+    fn dims_default_to_2_and_only_3d_is_serialized() {
+        let c2 = UnetConfig::default();
+        assert_eq!(
+            serde_json::to_string(&c2).unwrap(),
+            r#"{"in_channels":1,"features":[16,32,64,128]}"#
+        );
+        let c3 = UnetConfig::with_dims(1, vec![4, 8, 16], 3).unwrap();
+        let js = serde_json::to_string(&c3).unwrap();
+        assert_eq!(js, r#"{"in_channels":1,"features":[4,8,16],"dims":3}"#);
+        assert_eq!(serde_json::from_str::<UnetConfig>(&js).unwrap(), c3);
+        assert_eq!(
+            UnetConfig::with_dims(1, vec![4, 8], 4).unwrap_err(),
+            ConfigError::Dims(4)
+        );
+        assert!(c3.check_input3(16, 8, 4).is_ok());
+        let err = c3.check_input3(16, 8, 6).unwrap_err().to_string();
+        assert!(
+            err.contains("16×8×6") && err.contains("multiple of 4"),
+            "{err}"
+        );
+        assert_eq!(c3.label(), "3d 4,8,16");
     }
 
     #[test]

@@ -26,4 +26,4 @@ pub use kind::{AdaptationKind, Factorization};
 pub use optim::{AdamW, AdamWConfig, LrSchedule};
 pub use param::Param;
 pub use selector::Selector;
-pub use unet::Unet2d;
+pub use unet::{Unet2d, Unet3d};

@@ -32,6 +32,27 @@ pub struct ModelSummary {
     pub trainable_params: usize,
     /// Trainable parameters as a percentage of the base model.
     pub trainable_percent: f64,
+    /// The adapter's per-layer count formula for this model's dims (adapter kinds only), with
+    /// O, I the conv's channels, k = 3, r the rank.
+    pub formula: Option<String>,
+}
+
+/// The per-layer trainable-parameter formula of an adapter kind in `dims` dimensions.
+pub fn formula(kind: super::AdaptationKind, dims: usize) -> Option<String> {
+    use super::Factorization as F;
+    let lora = match (kind.factorization()?, dims) {
+        (F::LoraC, 3) => "r·k²·(k·I + O)".to_string(),
+        (F::LoraC, _) => "r·k²·(I + O)".to_string(),
+        (F::ConvLora, 3) => "r·(I·k³ + O)".to_string(),
+        (F::ConvLora, _) => "r·(I·k² + O)".to_string(),
+        (F::Cp, 3) => "r·(O + I + 3k)".to_string(),
+        (F::Cp, _) => "r·(O + I + 2k)".to_string(),
+    };
+    Some(if kind.is_dora() {
+        format!("{lora} + O")
+    } else {
+        lora
+    })
 }
 
 impl ModelSummary {
@@ -71,6 +92,7 @@ impl ModelSummary {
             total_params: base_params + adapter_params,
             trainable_params,
             trainable_percent: 100.0 * trainable_params as f64 / base_params.max(1) as f64,
+            formula: formula(adaptation.kind, model.config().dims),
         }
     }
 }

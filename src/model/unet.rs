@@ -1,4 +1,6 @@
-//! `Unet2d` exactly as the model contract names and shapes it, with its layers.
+//! `Unet2d` exactly as the model contract names and shapes it, with its layers; with
+//! `UnetConfig::dims` 3 the same tree runs in 3D (3×3×3 convs, 2×2×2 pooling and up-convs,
+//! 5D tensors under the same names), so every caller handles both through one type.
 //!
 //! Tensor names follow from the layer tree (`encoder.0.conv1.weight`, `decoder.1.up.bias`,
 //! `head.weight`). Every tensor is a [`Param`]: frozen tensors never enter the gradient graph,
@@ -39,7 +41,16 @@ impl AdaptedConv {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        nn::conv2d(x, &self.effective_weight()?)
+        conv(x, &self.effective_weight()?)
+    }
+}
+
+/// The 2D or 3D convolution, by the kernel's rank.
+fn conv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if w.rank() == 5 {
+        nn::conv3d(x, w)
+    } else {
+        nn::conv2d(x, w)
     }
 }
 
@@ -88,7 +99,8 @@ pub struct DecoderBlock {
     pub block: DoubleConv,
 }
 
-/// The Unet: encoder levels, bottleneck, decoder levels (deepest first), 1×1 head.
+/// The Unet: encoder levels, bottleneck, decoder levels (deepest first), 1×1 head; 2D or 3D
+/// by its config (`Unet3d` names the same type).
 #[derive(Debug, Clone)]
 pub struct Unet2d {
     cfg: UnetConfig,
@@ -98,6 +110,9 @@ pub struct Unet2d {
     pub head_weight: Param,
     pub head_bias: Param,
 }
+
+/// The 3D Unet: [`Unet2d`] built from a config with `dims` 3.
+pub type Unet3d = Unet2d;
 
 /// Where a tensor sits: a base tensor of the contract, or an adapter tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,11 +137,13 @@ pub fn base_shapes(cfg: &UnetConfig) -> Vec<(String, Vec<usize>)> {
     let f = &cfg.features;
     let l = f.len();
     let mut v = Vec::new();
+    // (a, b) followed by the kernel's spatial sides.
+    let shape = |a: usize, b: usize, k: usize| [vec![a, b], cfg.kernel(k)].concat();
     let double = |prefix: &str, cin: usize, cout: usize, v: &mut Vec<(String, Vec<usize>)>| {
-        v.push((format!("{prefix}.conv1.weight"), vec![cout, cin, 3, 3]));
+        v.push((format!("{prefix}.conv1.weight"), shape(cout, cin, 3)));
         v.push((format!("{prefix}.norm1.weight"), vec![cout]));
         v.push((format!("{prefix}.norm1.bias"), vec![cout]));
-        v.push((format!("{prefix}.conv2.weight"), vec![cout, cout, 3, 3]));
+        v.push((format!("{prefix}.conv2.weight"), shape(cout, cout, 3)));
         v.push((format!("{prefix}.norm2.weight"), vec![cout]));
         v.push((format!("{prefix}.norm2.bias"), vec![cout]));
     };
@@ -137,11 +154,11 @@ pub fn base_shapes(cfg: &UnetConfig) -> Vec<(String, Vec<usize>)> {
     double("bottleneck", f[l - 2], f[l - 1], &mut v);
     for j in 0..l - 1 {
         let (cin, cout) = (f[l - 1 - j], f[l - 2 - j]);
-        v.push((format!("decoder.{j}.up.weight"), vec![cin, cout, 2, 2]));
+        v.push((format!("decoder.{j}.up.weight"), shape(cin, cout, 2)));
         v.push((format!("decoder.{j}.up.bias"), vec![cout]));
         double(&format!("decoder.{j}"), 2 * cout, cout, &mut v);
     }
-    v.push(("head.weight".into(), vec![1, f[0], 1, 1]));
+    v.push(("head.weight".into(), shape(1, f[0], 1)));
     v.push(("head.bias".into(), vec![1]));
     v
 }
@@ -154,6 +171,7 @@ pub fn layer_of(name: &str) -> String {
         ".lora_B.weight",
         ".cp.out",
         ".cp.in",
+        ".cp.kd",
         ".cp.kh",
         ".cp.kw",
         ".magnitude",
@@ -181,8 +199,8 @@ pub fn init_tensors(
         .iter()
         .filter(|(n, _)| n.ends_with(".weight") && !n.contains(".norm"))
         .map(|(n, s)| {
-            // PyTorch takes fan_in from dim 1: I·k·k for convs, O·k·k for transposed convs.
-            (layer_of(n), s[1] * s[2] * s[3])
+            // PyTorch takes fan_in from dim 1: I·k·k(·k) for convs, O·k·k(·k) for transposed.
+            (layer_of(n), s[1..].iter().product::<usize>())
         })
         .collect();
     for (name, shape) in shapes {
@@ -308,32 +326,49 @@ impl Unet2d {
     }
 
     /// Logits (B, 1, H, W) for an input (B, in_channels, H, W) whose H and W are multiples of
-    /// 2^(levels − 1).
+    /// 2^(levels − 1); in 3D, (B, 1, D, H, W) for (B, in_channels, D, H, W).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, c, h, w) = x.dims4()?;
+        let vol = self.cfg.is_3d();
+        let msg = |e: super::config::ConfigError| candle_core::Error::Msg(e.to_string());
+        let c = if vol {
+            let (_, c, d, h, w) = x.dims5()?;
+            self.cfg.check_input3(d, h, w).map_err(msg)?;
+            c
+        } else {
+            let (_, c, h, w) = x.dims4()?;
+            self.cfg.check_input(h, w).map_err(msg)?;
+            c
+        };
         if c != self.cfg.in_channels {
             candle_core::bail!(
                 "input has {c} channels, the model expects {}",
                 self.cfg.in_channels
             )
         }
-        self.cfg
-            .check_input(h, w)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let mut x = x.clone();
         let mut skips = Vec::with_capacity(self.encoder.len());
         for block in &self.encoder {
             x = block.forward(&x)?;
             skips.push(x.clone());
-            x = nn::max_pool2x2(&x)?;
+            x = if vol {
+                nn::max_pool2x2x2(&x)?
+            } else {
+                nn::max_pool2x2(&x)?
+            };
         }
         x = self.bottleneck.forward(&x)?;
         for (dec, skip) in self.decoder.iter().zip(skips.iter().rev()) {
-            let up = nn::conv_transpose2x2(&x, dec.up_weight.tensor(), dec.up_bias.tensor())?;
+            let (w, b) = (dec.up_weight.tensor(), dec.up_bias.tensor());
+            let up = if vol {
+                nn::conv_transpose2x2x2(&x, w, b)?
+            } else {
+                nn::conv_transpose2x2(&x, w, b)?
+            };
             x = dec.block.forward(&Tensor::cat(&[&up, skip], 1)?)?;
         }
-        let y = nn::conv2d(&x, self.head_weight.tensor())?;
-        y.broadcast_add(&self.head_bias.tensor().reshape((1, 1, 1, 1))?)
+        let y = conv(&x, self.head_weight.tensor())?;
+        let ones = vec![1usize; y.rank()];
+        y.broadcast_add(&self.head_bias.tensor().reshape(ones.as_slice())?)
     }
 
     /// The 3×3 convs, in model order.

@@ -20,6 +20,6 @@ pub mod ops;
 pub use autocast::Precision;
 pub use device::DeviceSpec;
 pub use ops::{
-    bce_dice_loss, bce_with_logits, conv_transpose2x2, conv2d, group_norm, max_pool2x2, relu,
-    soft_dice_loss,
+    bce_dice_loss, bce_with_logits, conv_transpose2x2, conv_transpose2x2x2, conv2d, conv3d,
+    group_norm, max_pool2x2, max_pool2x2x2, relu, soft_dice_loss,
 };

@@ -67,11 +67,68 @@ pub fn conv2d(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     x.apply_op2(
         &w,
-        cpu::conv::Conv2d {
+        cpu::conv::Conv {
             need_x: x.track_op(),
             need_w: w.track_op(),
         },
     )
+}
+
+/// 3×3×3 (padding 1) or 1×1×1 (padding 0) convolution, stride 1, no bias.
+/// `x`: (B, I, D, H, W); `w`: (O, I, k, k, k) with k ∈ {1, 3}.
+pub fn conv3d(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if !(cpu::supported(x) && cpu::supported(w)) {
+        // The one non-CPU call site of the 3D conv: where cuDNN is wired in, it goes here.
+        return reference::conv3d(x, w);
+    }
+    if x.rank() != 5 || w.rank() != 5 {
+        candle_core::bail!(
+            "conv3d: expected a 5D input and kernel, got {:?} and {:?}",
+            x.shape(),
+            w.shape()
+        )
+    }
+    cpu::keep_freed_memory();
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    x.apply_op2(
+        &w,
+        cpu::conv::Conv {
+            need_x: x.track_op(),
+            need_w: w.track_op(),
+        },
+    )
+}
+
+/// 2×2×2, stride-2 transposed convolution with bias (the 3D decoder's `up`).
+/// `x`: (B, I, D, H, W); `w`: (I, O, 2, 2, 2); `b`: (O) → (B, O, 2D, 2H, 2W).
+pub fn conv_transpose2x2x2(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !(cpu::supported(x) && cpu::supported(w) && cpu::supported(b)) {
+        // The one non-CPU call site of the 3D transposed conv (cuDNN backward-data goes here).
+        return reference::conv_transpose2x2x2(x, w, b);
+    }
+    if x.rank() != 5 {
+        candle_core::bail!(
+            "conv_transpose2x2x2: expected a 5D input, got {:?}",
+            x.shape()
+        )
+    }
+    cpu::keep_freed_memory();
+    let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
+    let need = [x.track_op(), w.track_op(), b.track_op()];
+    x.apply_op3(&w, &b, cpu::conv_transpose::ConvTranspose2x2 { need })
+}
+
+/// 2×2×2 max-pool, stride 2, with PyTorch's gradient (the first maximum of a window in
+/// (kd, kh, kw) order takes it). D, H and W must be even.
+pub fn max_pool2x2x2(x: &Tensor) -> Result<Tensor> {
+    if !cpu::supported(x) {
+        return reference::max_pool2x2x2(x);
+    }
+    if x.rank() != 5 {
+        candle_core::bail!("max_pool2x2x2: expected a 5D input, got {:?}", x.shape())
+    }
+    cpu::keep_freed_memory();
+    x.contiguous()?.apply_op1(cpu::pool::MaxPool2x2)
 }
 
 /// 2×2, stride-2 transposed convolution with bias (the decoder's `up`).
@@ -109,7 +166,8 @@ pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(cpu::pool::MaxPool2x2)
 }
 
-/// GroupNorm over (C/G, H, W) per group with a per-channel affine transform.
+/// GroupNorm over (C/G, H, W) (or (C/G, D, H, W) for 5D input) per group with a per-channel
+/// affine transform.
 pub fn group_norm(
     x: &Tensor,
     groups: usize,
@@ -224,6 +282,75 @@ pub mod reference {
         x.conv2d(w, kh / 2, 1, 1, 1)
     }
 
+    /// See [`super::conv3d`]. candle has no conv3d: Σ over the depth taps kd of a 2D conv of
+    /// the depth-shifted slices (B·D, I, H, W) with the kernel's slice kd.
+    pub fn conv3d(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let (b, ci, d, h, wd) = x.dims5()?;
+        let (co, _, kd, kh, kw) = w.dims5()?;
+        if kd != kh || kh != kw || (kh != 1 && kh != 3) {
+            candle_core::bail!("conv3d: expected a 1×1×1 or 3×3×3 kernel, got {kd}×{kh}×{kw}")
+        }
+        let pad = kd / 2;
+        let xp = x.pad_with_zeros(2, pad, pad)?;
+        let mut y: Option<Tensor> = None;
+        for t in 0..kd {
+            let xs = xp
+                .narrow(2, t, d)?
+                .permute((0, 2, 1, 3, 4))?
+                .reshape((b * d, ci, h, wd))?;
+            let wt = w.narrow(2, t, 1)?.squeeze(2)?;
+            let yt = xs.conv2d(&wt, pad, 1, 1, 1)?;
+            y = Some(match y {
+                None => yt,
+                Some(acc) => (acc + yt)?,
+            });
+        }
+        let y = y.expect("kd ≥ 1");
+        y.reshape((b, d, co, h, wd))?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()
+    }
+
+    /// See [`super::conv_transpose2x2x2`]: per depth tap kd, a 2D transposed conv of the slices
+    /// with the kernel's slice kd, interleaved along depth.
+    pub fn conv_transpose2x2x2(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let (b, ci, d, h, wd) = x.dims5()?;
+        let (_, co, kd, _, _) = w.dims5()?;
+        if kd != 2 {
+            candle_core::bail!(
+                "conv_transpose2x2x2: expected a 2×2×2 kernel, got {:?}",
+                w.shape()
+            )
+        }
+        let xs = x.permute((0, 2, 1, 3, 4))?.reshape((b * d, ci, h, wd))?;
+        let taps = (0..2)
+            .map(|t| {
+                let wt = w.narrow(2, t, 1)?.squeeze(2)?;
+                xs.conv_transpose2d(&wt, 0, 0, 2, 1)?
+                    .reshape((b, d, 1, co, 2 * h, 2 * wd))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let y = Tensor::cat(&taps, 2)?
+            .reshape((b, 2 * d, co, 2 * h, 2 * wd))?
+            .permute((0, 2, 1, 3, 4))?;
+        y.broadcast_add(&bias.reshape((1, (), 1, 1, 1))?)
+    }
+
+    /// See [`super::max_pool2x2x2`]; through reshape + max (a tie gives each tied element the
+    /// gradient).
+    pub fn max_pool2x2x2(x: &Tensor) -> Result<Tensor> {
+        let (b, c, d, h, w) = x.dims5()?;
+        if d % 2 != 0 || h % 2 != 0 || w % 2 != 0 {
+            candle_core::bail!(
+                "max_pool2x2x2: expected even depth, height and width, got {d}×{h}×{w}"
+            )
+        }
+        x.reshape(vec![b, c, d / 2, 2, h / 2, 2, w / 2, 2])?
+            .max(7)?
+            .max(5)?
+            .max(3)
+    }
+
     /// See [`super::conv_transpose2x2`].
     pub fn conv_transpose2x2(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
         let y = x.conv_transpose2d(w, 0, 0, 2, 1)?;
@@ -248,20 +375,25 @@ pub mod reference {
         beta: &Tensor,
         eps: f64,
     ) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
+        let dims = x.dims().to_vec();
+        let (b, c) = (dims[0], dims[1]);
         if groups == 0 || c % groups != 0 {
             candle_core::bail!("group_norm: {c} channels do not split into {groups} groups")
         }
-        let xg = x.reshape((b, groups, (c / groups) * h * w))?;
+        let spatial: usize = dims[2..].iter().product();
+        let xg = x.reshape((b, groups, (c / groups) * spatial))?;
         let mean = xg.mean_keepdim(D::Minus1)?;
         let centered = xg.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centered
             .broadcast_div(&(var + eps)?.sqrt()?)?
-            .reshape((b, c, h, w))?;
+            .reshape(dims.as_slice())?;
+        // (1, C, 1, …): the affine per channel for any number of spatial dims.
+        let mut aff = vec![1; dims.len()];
+        aff[1] = c;
         normed
-            .broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?
-            .broadcast_add(&beta.reshape((1, c, 1, 1))?)
+            .broadcast_mul(&gamma.reshape(aff.as_slice())?)?
+            .broadcast_add(&beta.reshape(aff.as_slice())?)
     }
 
     /// See [`super::relu`].
@@ -315,6 +447,57 @@ mod tests {
         let xd = distinct(&[2, 3, 4, 4], 0.01, 46, DType::F64);
         check(&[(xd.clone(), true)], |a| reference::max_pool2x2(&a[0]))?;
         check(&[(xd, true)], |a| reference::relu(&a[0]))?;
+        Ok(())
+    }
+
+    /// The 3D reference bodies (the oracle of the own 3D ops), finite-difference checked, and
+    /// one conv3d value checked by direct summation.
+    #[test]
+    fn reference_3d_gradients_match_finite_differences() -> Result<()> {
+        let x = uniform(&[2, 3, 4, 3, 4], -1.0, 1.0, 141, DType::F64);
+        for k in [3, 1] {
+            let w = uniform(&[5, 3, k, k, k], -1.0, 1.0, 142, DType::F64);
+            check(&[(x.clone(), true), (w, true)], |a| {
+                reference::conv3d(&a[0], &a[1])
+            })?;
+        }
+        let wt = uniform(&[3, 5, 2, 2, 2], -1.0, 1.0, 143, DType::F64);
+        let b = uniform(&[5], -1.0, 1.0, 144, DType::F64);
+        check(&[(x.clone(), true), (wt, true), (b, true)], |a| {
+            reference::conv_transpose2x2x2(&a[0], &a[1], &a[2])
+        })?;
+        let g = uniform(&[3], 0.5, 1.5, 145, DType::F64);
+        check(&[(x.clone(), true), (g.clone(), true), (g, true)], |a| {
+            reference::group_norm(&a[0], 3, &a[1], &a[2], 1e-5)
+        })?;
+        let xd = distinct(&[2, 3, 4, 2, 4], 0.01, 146, DType::F64);
+        check(&[(xd, true)], |a| reference::max_pool2x2x2(&a[0]))?;
+
+        // y[0, o, z, r, c] by the definition, at an interior and a corner voxel.
+        let w = uniform(&[5, 3, 3, 3, 3], -1.0, 1.0, 147, DType::F64);
+        let y = reference::conv3d(&x, &w)?;
+        let xs = x.flatten_all()?.to_vec1::<f64>()?;
+        let ws = w.flatten_all()?.to_vec1::<f64>()?;
+        let ys = y.flatten_all()?.to_vec1::<f64>()?;
+        let (d, h, wd) = (4usize, 3usize, 4usize);
+        for (o, z, r, c) in [(2usize, 1usize, 1usize, 2usize), (4, 0, 0, 0), (0, 3, 2, 3)] {
+            let mut want = 0.0;
+            for i in 0..3 {
+                for (kz, kr, kc) in (0..27).map(|t| (t / 9, (t / 3) % 3, t % 3)) {
+                    let (zz, rr, cc) = (z + kz, r + kr, c + kc);
+                    if zz < 1 || rr < 1 || cc < 1 || zz > d || rr > h || cc > wd {
+                        continue;
+                    }
+                    let xi = ((i * d + zz - 1) * h + rr - 1) * wd + cc - 1;
+                    want += xs[xi] * ws[(((o * 3 + i) * 3 + kz) * 3 + kr) * 3 + kc];
+                }
+            }
+            let got = ys[((o * d + z) * h + r) * wd + c];
+            assert!(
+                (got - want).abs() < 1e-12,
+                "({o},{z},{r},{c}): {got} vs {want}"
+            );
+        }
         Ok(())
     }
 

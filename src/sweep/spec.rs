@@ -562,6 +562,7 @@ fn validate(raw: SpecFile, file: &Path, ctx: &Ctx) -> Result<Spec, SpecError> {
     let probe_cfg = UnetConfig {
         in_channels: model.unet.in_channels,
         features: vec![1; model.unet.features.len()],
+        dims: model.unet.dims,
     };
     let probe = Unet2d::init(&probe_cfg, 0, &Device::Cpu)
         .map_err(|e| ctx.err(&root().key("model"), format!("cannot build the model: {e}")))?;
@@ -756,6 +757,7 @@ fn validate_model(m: &ModelFile, ctx: &Ctx) -> Result<ModelSpec, SpecError> {
             .features
             .as_ref()
             .map_or(default.features, |f| f.iter().map(|p| p.0).collect()),
+        dims: 2,
     };
     unet.validate().map_err(|e| {
         let key = match e {

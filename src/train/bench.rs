@@ -29,6 +29,8 @@ pub struct TrainStepBench {
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainStepReport {
     pub mode: String,
+    /// 2 or 3 (a size² image or a size³ patch per batch element).
+    pub dims: usize,
     pub features: Vec<usize>,
     pub batch: usize,
     pub size: usize,
@@ -96,7 +98,9 @@ pub fn forward_conv_flops(cfg: &UnetConfig, batch: usize, size: usize) -> f64 {
     let f = &cfg.features;
     let l = f.len();
     let mut flops = 0.0;
-    let conv = |o: usize, i: usize, k: usize, hw: usize| 2.0 * (o * i * k * k * hw * hw) as f64;
+    // k^dims kernel taps at s^dims positions.
+    let d = cfg.dims as u32;
+    let conv = |o: usize, i: usize, k: usize, s: usize| 2.0 * (o * i * k.pow(d) * s.pow(d)) as f64;
     let mut s = size;
     let mut cin = cfg.in_channels;
     for &c in &f[..l - 1] {
@@ -127,9 +131,22 @@ pub fn peak_rss_mb() -> f64 {
     }
 }
 
+/// Largest cube side `bench train-step --dims 3` accepts.
+pub const MAX_SIZE_3D: usize = 256;
+
 pub fn run(b: &TrainStepBench) -> anyhow::Result<TrainStepReport> {
     b.model.validate()?;
-    b.model.check_input(b.size, b.size)?;
+    if b.model.is_3d() {
+        // Bounded before allocating: 256³ patches of the widest level already need gigabytes.
+        anyhow::ensure!(
+            b.size <= MAX_SIZE_3D,
+            "`--size`: expected at most {MAX_SIZE_3D} for a 3D model (a size³ patch), got {}",
+            b.size
+        );
+        b.model.check_input3(b.size, b.size, b.size)?;
+    } else {
+        b.model.check_input(b.size, b.size)?;
+    }
     anyhow::ensure!(b.batch > 0, "`--batch`: expected a positive integer");
     anyhow::ensure!(b.steps > 0, "`--steps`: expected a positive integer");
     let device = b.device.open()?;
@@ -176,6 +193,7 @@ pub fn run(b: &TrainStepBench) -> anyhow::Result<TrainStepReport> {
     let peak_gpu_mb = gpu_peak.and_then(GpuPeak::finish);
     Ok(TrainStepReport {
         mode,
+        dims: b.model.dims,
         features: b.model.features.clone(),
         batch: b.batch,
         size: b.size,
@@ -202,12 +220,14 @@ fn batch(
     device: &Device,
 ) -> candle_core::Result<(Tensor, Tensor)> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let x =
-        crate::model::param::normal(0, "bench.x", &[n, cfg.in_channels, size, size], 1.0, device)?;
-    let y: Vec<f32> = (0..n * size * size)
+    let spatial = vec![size; cfg.dims];
+    let xs = [vec![n, cfg.in_channels], spatial.clone()].concat();
+    let ys = [vec![n, 1], spatial].concat();
+    let x = crate::model::param::normal(0, "bench.x", &xs, 1.0, device)?;
+    let y: Vec<f32> = (0..ys.iter().product::<usize>())
         .map(|_| if rng.random::<f64>() > 0.9 { 1.0 } else { 0.0 })
         .collect();
-    let y = Tensor::from_vec(y, (n, 1, size, size), device)?.to_dtype(DType::F32)?;
+    let y = Tensor::from_vec(y, ys.as_slice(), device)?.to_dtype(DType::F32)?;
     Ok((x, y))
 }
 
@@ -230,5 +250,39 @@ mod tests {
             + c(4., 4., 3., 8.)
             + c(1., 4., 1., 8.);
         assert_eq!(forward_conv_flops(&cfg, 2, 8), 2.0 * want);
+    }
+
+    #[test]
+    fn runs_a_3d_step_and_bounds_the_size() {
+        let b = TrainStepBench {
+            model: UnetConfig::with_dims(1, vec![4, 8], 3).unwrap(),
+            batch: 1,
+            size: 8,
+            adaptation: None,
+            steps: 1,
+            warmup: 0,
+            device: DeviceSpec::Cpu,
+        };
+        let r = run(&b).unwrap();
+        assert!(r.median_step_s > 0.0 && r.final_loss.is_finite());
+        let c = |o: f64, i: f64, k: f64, s: f64| 2.0 * o * i * k.powi(3) * s.powi(3);
+        assert_eq!(
+            forward_conv_flops(&b.model, 1, 8),
+            c(4., 1., 3., 8.)
+                + c(4., 4., 3., 8.)
+                + c(8., 4., 3., 4.)
+                + c(8., 8., 3., 4.)
+                + c(4., 8., 2., 4.)
+                + c(4., 8., 3., 8.)
+                + c(4., 4., 3., 8.)
+                + c(1., 4., 1., 8.)
+        );
+        let big = TrainStepBench {
+            size: 512,
+            ..b.clone()
+        };
+        assert!(run(&big).unwrap_err().to_string().contains("at most 256"));
+        let odd = TrainStepBench { size: 7, ..b };
+        assert!(run(&odd).unwrap_err().to_string().contains("7×7×7"));
     }
 }

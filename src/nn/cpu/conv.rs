@@ -1,6 +1,14 @@
-//! 3×3 (padding 1) and 1×1 (padding 0) convolution, stride 1, no bias: im2col + `gemm`.
+//! 3×3 (padding 1) and 1×1 (padding 0) convolution, stride 1, no bias: im2col + `gemm`, in
+//! 2D and 3D.
 //!
-//! Key type: [`Conv2d`], a `CustomOp2` on (x: (B, I, H, W), w: (O, I, k, k)).
+//! Key type: [`Conv`], a `CustomOp2` on (x: (B, I, H, W), w: (O, I, k, k)) or, in 3D,
+//! (x: (B, I, D, H, W), w: (O, I, k, k, k)).
+//!
+//! 3D is the 2D code with depth folded into the channels: a 3×3×3 conv of one depth slice z is
+//! a 3×3 conv of the slice image whose 3·I "virtual channels" (c, kd) are the planes
+//! x[c, z + kd − 1] (zero outside the volume), and the kernel (O, I, 3, 3, 3) read row-major is
+//! exactly that 2D kernel (O, 3·I, 3, 3). Jobs are (image, depth slice, row tile); channel
+//! planes sit D·H·W apart. The patch modes below then apply unchanged.
 //!
 //! Design: the image is cut into row tiles, one job per (image, tile) on rayon. A tile's patch
 //! matrix is sized to stay in L2 while `gemm` reads it, so no expanded copy reaches memory, and
@@ -40,22 +48,27 @@ const TILE_ELEMS: usize = 48 * 1024;
 const ROWS_MIN_CI_FORWARD: usize = 32;
 const ROWS_MIN_CI_WEIGHT_GRAD: usize = 64;
 
-/// The convolution op. `need_x` / `need_w` say which gradients backward must produce.
+/// The convolution op (2D or 3D by the input's rank). `need_x` / `need_w` say which gradients
+/// backward must produce.
 #[derive(Debug, Clone, Copy)]
-pub struct Conv2d {
+pub struct Conv {
     pub need_x: bool,
     pub need_w: bool,
 }
 
-/// Sizes of one convolution: batch, in/out channels, height, width, kernel side.
+/// Sizes of one convolution: batch, in/out channels, depth (1 in 2D), height, width, in-plane
+/// kernel side, depth kernel side (1 in 2D and for 1×1×1), and whether tensors are 5D.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Geom {
     pub b: usize,
     pub ci: usize,
     pub co: usize,
+    pub d: usize,
     pub h: usize,
     pub w: usize,
     pub k: usize,
+    pub kd: usize,
+    pub vol: bool,
 }
 
 /// How a tile's patch matrix is built (see the module docs).
@@ -67,28 +80,91 @@ enum Mode {
 }
 
 impl Geom {
-    /// Validates the shapes of an input (B, I, H, W) and a kernel (O, I, k, k).
+    /// Validates the shapes of an input (B, I, H, W) and a kernel (O, I, k, k), or in 3D
+    /// (B, I, D, H, W) and (O, I, k, k, k).
     fn new(x: &Shape, w: &Shape) -> Result<Self> {
-        let (b, ci, h, wd) = x.dims4()?;
-        let (co, ci2, kh, kw) = w.dims4()?;
-        if ci2 != ci {
-            candle_core::bail!("conv2d: input has {ci} channels but the kernel expects {ci2}")
+        let g = if x.rank() == 5 {
+            let (b, ci, d, h, wd) = x.dims5()?;
+            let (co, ci2, kd, kh, kw) = w.dims5()?;
+            if kd != kh || kh != kw || (kh != 1 && kh != 3) {
+                candle_core::bail!("conv3d: expected a 1×1×1 or 3×3×3 kernel, got {kd}×{kh}×{kw}")
+            }
+            (
+                ci2,
+                Geom {
+                    b,
+                    ci,
+                    co,
+                    d,
+                    h,
+                    w: wd,
+                    k: kh,
+                    kd,
+                    vol: true,
+                },
+            )
+        } else {
+            let (b, ci, h, wd) = x.dims4()?;
+            let (co, ci2, kh, kw) = w.dims4()?;
+            if kh != kw || (kh != 1 && kh != 3) {
+                candle_core::bail!("conv2d: expected a 1×1 or 3×3 kernel, got {kh}×{kw}")
+            }
+            (
+                ci2,
+                Geom {
+                    b,
+                    ci,
+                    co,
+                    d: 1,
+                    h,
+                    w: wd,
+                    k: kh,
+                    kd: 1,
+                    vol: false,
+                },
+            )
+        };
+        let (ci2, g) = g;
+        if ci2 != g.ci {
+            candle_core::bail!(
+                "{}: input has {} channels but the kernel expects {ci2}",
+                g.name(),
+                g.ci
+            )
         }
-        if kh != kw || (kh != 1 && kh != 3) {
-            candle_core::bail!("conv2d: expected a 1×1 or 3×3 kernel, got {kh}×{kw}")
-        }
-        Ok(Geom {
-            b,
-            ci,
-            co,
-            h,
-            w: wd,
-            k: kh,
-        })
+        Ok(g)
+    }
+
+    fn name(&self) -> &'static str {
+        if self.vol { "conv3d" } else { "conv2d" }
     }
 
     fn hw(&self) -> usize {
         self.h * self.w
+    }
+
+    /// Elements of one channel's volume (D·H·W): the stride between channel planes.
+    fn dhw(&self) -> usize {
+        self.d * self.h * self.w
+    }
+
+    /// Virtual channels of a slice image: (c, kd) pairs.
+    fn civ(&self) -> usize {
+        self.ci * self.kd
+    }
+
+    /// Elements of the kernel.
+    fn w_len(&self) -> usize {
+        self.co * self.ci * self.kd * self.k * self.k
+    }
+
+    /// The output shape.
+    fn out_shape(&self) -> Shape {
+        if self.vol {
+            Shape::from((self.b, self.co, self.d, self.h, self.w))
+        } else {
+            Shape::from((self.b, self.co, self.h, self.w))
+        }
     }
 
     /// The plan of a forward (or input-gradient) pass.
@@ -102,7 +178,7 @@ impl Geom {
     }
 
     fn plan(self, rows_min_ci: usize) -> Plan {
-        let mode = match (self.k, self.ci >= rows_min_ci) {
+        let mode = match (self.k, self.civ() >= rows_min_ci) {
             (1, _) => Mode::Direct,
             (_, false) => Mode::Full,
             (_, true) => Mode::Rows,
@@ -130,18 +206,18 @@ impl Plan {
     fn passes(&self) -> (usize, usize) {
         match self.mode {
             Mode::Direct => (1, self.ci),
-            Mode::Full => (1, 9 * self.ci),
-            Mode::Rows => (3, 3 * self.ci),
+            Mode::Full => (1, 9 * self.civ()),
+            Mode::Rows => (3, 3 * self.civ()),
         }
     }
 
-    /// Index in the kernel (O, I, k, k) of row `r` of pass `t`, output channel `o`.
+    /// Index in the kernel (O, I[, kd], k, k) of row `r` of pass `t`, output channel `o`.
     fn w_index(&self, t: usize, r: usize, o: usize) -> usize {
         match self.mode {
             Mode::Direct => o * self.ci + r,
-            Mode::Full => o * 9 * self.ci + r,
-            // Row r = (c, kw) of pass t = kh.
-            Mode::Rows => ((o * self.ci + r / 3) * 3 + t) * 3 + r % 3,
+            Mode::Full => o * 9 * self.civ() + r,
+            // Row r = (virtual channel, kw) of pass t = kh.
+            Mode::Rows => ((o * self.civ() + r / 3) * 3 + t) * 3 + r % 3,
         }
     }
 
@@ -150,20 +226,26 @@ impl Plan {
     fn tile_rows(&self) -> usize {
         let w = self.w.max(1);
         let rows = match self.mode {
-            Mode::Direct if self.b >= par::threads() => self.h,
+            Mode::Direct if self.b * self.d >= par::threads() => self.h,
             Mode::Direct => 4096 / w,
-            Mode::Full => TILE_ELEMS / (9 * self.ci * w).max(1),
-            Mode::Rows => (TILE_ELEMS / (3 * self.ci * w).max(1)).saturating_sub(2),
+            Mode::Full => TILE_ELEMS / (9 * self.civ() * w).max(1),
+            Mode::Rows => (TILE_ELEMS / (3 * self.civ() * w).max(1)).saturating_sub(2),
         };
         rows.clamp(1, self.h.max(1))
     }
 
-    /// Number of (image, row tile) jobs.
+    /// Number of (slice image, row tile) jobs.
     fn n_jobs(&self) -> usize {
-        self.b * self.h.div_ceil(self.tile_rows())
+        self.b * self.d * self.h.div_ceil(self.tile_rows())
     }
 
-    /// Job `j` as (image, first row, rows).
+    /// Offset of slice image `p` = (image, depth slice) in a (B, C, D, H, W) buffer with `c`
+    /// channels; its channel planes follow at a stride of [`Geom::dhw`].
+    fn slice_offset(&self, p: usize, c: usize) -> usize {
+        ((p / self.d) * c * self.d + p % self.d) * self.hw()
+    }
+
+    /// Job `j` as (slice image, first row, rows).
     fn job(&self, j: usize) -> (usize, usize, usize) {
         let rows = self.tile_rows();
         let tiles = self.h.div_ceil(rows);
@@ -184,30 +266,46 @@ impl Plan {
         wp
     }
 
-    /// Runs `f(lhs, lhs_cs, offsets)` on the patch matrix of tile (bi, r0, nr) of `x`: pass t
+    /// The plane (H × W) of virtual channel `cv` = (c, kd) of slice image `p` of `x`, or
+    /// `None` where the depth shift falls outside the volume (zero padding).
+    fn plane<'a, T: Float>(&self, x: &'a [T], p: usize, cv: usize) -> Option<&'a [T]> {
+        let (c, kdo) = (cv / self.kd, cv % self.kd);
+        let z = (p % self.d + kdo).checked_sub(self.kd / 2)?;
+        if z >= self.d {
+            return None;
+        }
+        let at = self.slice_offset(p - p % self.d + z, self.ci) + c * self.dhw();
+        Some(&x[at..][..self.hw()])
+    }
+
+    /// Runs `f(lhs, lhs_cs, offsets)` on the patch matrix of tile (p, r0, nr) of `x`: pass t
     /// reads rows `lhs + offsets[t] + r·lhs_cs` (r < depth), each n = nr·W pixels long.
     fn with_patches<T: Float, R>(
         &self,
         x: &[T],
-        (bi, r0, nr): (usize, usize, usize),
+        (p, r0, nr): (usize, usize, usize),
         f: impl FnOnce(*const T, usize, [usize; 3]) -> R,
     ) -> R {
-        let (hw, w) = (self.hw(), self.w);
-        let xb = &x[bi * self.ci * hw..(bi + 1) * self.ci * hw];
-        let geo = (self.ci, self.h, w);
+        let w = self.w;
+        let planes = |cv| self.plane(x, p, cv);
+        let geo = (self.civ(), self.h, w);
         match self.mode {
-            Mode::Direct => f(xb[r0 * w..].as_ptr(), hw, [0; 3]),
+            Mode::Direct => f(
+                x[self.slice_offset(p, self.ci) + r0 * w..].as_ptr(),
+                self.dhw(),
+                [0; 3],
+            ),
             Mode::Full => {
                 let stride = padded_stride(nr * w);
-                T::with_scratch(9 * self.ci * stride, |col| {
-                    shifted_rows(xb, geo, r0 as isize - 1, nr, 3, stride, col);
+                T::with_scratch(9 * self.civ() * stride, |col| {
+                    shifted_rows(planes, geo, r0 as isize - 1, nr, 3, stride, col);
                     f(col.as_ptr(), stride, [0; 3])
                 })
             }
             Mode::Rows => {
                 let stride = padded_stride((nr + 2) * w);
-                T::with_scratch(3 * self.ci * stride, |col| {
-                    shifted_rows(xb, geo, r0 as isize - 1, nr + 2, 1, stride, col);
+                T::with_scratch(3 * self.civ() * stride, |col| {
+                    shifted_rows(planes, geo, r0 as isize - 1, nr + 2, 1, stride, col);
                     f(col.as_ptr(), stride, [0, w, 2 * w])
                 })
             }
@@ -222,13 +320,14 @@ fn padded_stride(n: usize) -> usize {
     n.next_multiple_of(16) + 16
 }
 
-/// Fills `col` with horizontally shifted row blocks of one image `x` (I × H × W), zero outside
-/// the image: for channel c, vertical shift kh < `n_kh` and horizontal shift kw < 3, the block
+/// Fills `col` with horizontally shifted row blocks of one image whose channel planes (H × W)
+/// `plane(c)` gives (`None`: all zero), zero outside the image: for channel c < `ci`, vertical
+/// shift kh < `n_kh` and horizontal shift kw < 3, the block
 /// `col[((c·n_kh + kh)·3 + kw)·stride ..]` holds rows `top + kh + r` (r < `n_rows`) of
 /// channel c shifted by kw − 1 columns. `n_kh = 3` gives im2col's (c, kh, kw) rows; `n_kh = 1`
 /// with `n_rows = nr + 2` gives the (c, kw) rows of [`Mode::Rows`].
-fn shifted_rows<T: Float>(
-    x: &[T],
+fn shifted_rows<'a, T: Float>(
+    plane: impl Fn(usize) -> Option<&'a [T]>,
     (ci, h, w): (usize, usize, usize),
     top: isize,
     n_rows: usize,
@@ -238,10 +337,14 @@ fn shifted_rows<T: Float>(
 ) {
     let n = n_rows * w;
     for c in 0..ci {
-        let xc = &x[c * h * w..(c + 1) * h * w];
+        let xc = plane(c);
         for kh in 0..n_kh {
             for kw in 0..3 {
                 let block = &mut col[((c * n_kh + kh) * 3 + kw) * stride..][..n];
+                let Some(xc) = xc else {
+                    block.fill(T::zero());
+                    continue;
+                };
                 for (r, dst) in block.chunks_exact_mut(w).enumerate() {
                     let src_r = top + (kh + r) as isize;
                     if src_r < 0 || src_r >= h as isize {
@@ -266,33 +369,33 @@ fn shifted_rows<T: Float>(
     }
 }
 
-/// Y = conv(X, W): `x` (B, I, H, W), `w` (O, I, k, k) → (B, O, H, W).
+/// Y = conv(X, W): `x` (B, I[, D], H, W), `w` (O, I, k, k[, k]) → (B, O[, D], H, W).
 pub(crate) fn forward<T: Float>(x: &[T], w: &[T], g: Geom) -> Vec<T> {
     forward_with(x, w, g.forward_plan())
 }
 
 fn forward_with<T: Float>(x: &[T], w: &[T], g: Plan) -> Vec<T> {
-    let hw = g.hw();
-    assert_eq!(x.len(), g.b * g.ci * hw, "conv2d: input length");
-    assert_eq!(w.len(), g.co * g.ci * g.k * g.k, "conv2d: kernel length");
-    let len = g.b * g.co * hw;
+    let dhw = g.dhw();
+    assert_eq!(x.len(), g.b * g.ci * dhw, "conv: input length");
+    assert_eq!(w.len(), g.w_len(), "conv: kernel length");
+    let len = g.b * g.co * dhw;
     if len == 0 || g.ci == 0 {
         return vec![T::zero(); len];
     }
     let (np, depth) = g.passes();
     let wp = g.pack_w(w);
-    let job = |yp: SharedMut<T>, (bi, r0, nr): (usize, usize, usize)| {
-        g.with_patches(x, (bi, r0, nr), |lhs, lhs_cs, offsets| {
+    let job = |yp: SharedMut<T>, (p, r0, nr): (usize, usize, usize)| {
+        g.with_patches(x, (p, r0, nr), |lhs, lhs_cs, offsets| {
             for (t, &off) in offsets.iter().enumerate().take(np) {
                 // Y_tileᵀ (n × O) (+)= P_tᵀ (n × depth) · Wp_t (depth × O); pixels are the
                 // contiguous axis, as gemm's kernels prefer.
-                // SAFETY: the views stay inside the patch buffer (or xb), wp and image bi's
+                // SAFETY: the views stay inside the patch buffer (or x), wp and slice image p's
                 // output rows r0..r0 + nr, which no other job writes.
                 unsafe {
                     gemm(
                         (nr * g.w, g.co, depth),
-                        yp.get().add(bi * g.co * hw + r0 * g.w),
-                        (1, hw),
+                        yp.get().add(g.slice_offset(p, g.co) + r0 * g.w),
+                        (1, dhw),
                         t > 0,
                         lhs.add(off),
                         (1, lhs_cs),
@@ -303,7 +406,7 @@ fn forward_with<T: Float>(x: &[T], w: &[T], g: Plan) -> Vec<T> {
             }
         })
     };
-    // SAFETY: the jobs cover every (image, row) and the first pass writes all O channels of its
+    // SAFETY: the jobs cover every (slice, row) and the first pass writes all O channels of its
     // rows before later passes read them.
     unsafe {
         filled(len, |y| {
@@ -313,9 +416,9 @@ fn forward_with<T: Float>(x: &[T], w: &[T], g: Plan) -> Vec<T> {
     }
 }
 
-/// dX = conv(dY, W flipped in space with in/out channels swapped): `dy` (B, O, H, W).
+/// dX = conv(dY, W flipped in space with in/out channels swapped): `dy` (B, O[, D], H, W).
 pub(crate) fn input_grad<T: Float>(dy: &[T], w: &[T], g: Geom) -> Vec<T> {
-    let k2 = g.k * g.k;
+    let k2 = g.kd * g.k * g.k;
     let mut wf = vec![T::zero(); w.len()];
     for o in 0..g.co {
         for i in 0..g.ci {
@@ -335,17 +438,17 @@ pub(crate) fn input_grad<T: Float>(dy: &[T], w: &[T], g: Geom) -> Vec<T> {
     )
 }
 
-/// dW = Σ over images and pixels of dY · Pᵀ: `x` (B, I, H, W), `dy` (B, O, H, W).
+/// dW = Σ over images and pixels of dY · Pᵀ: `x` (B, I[, D], H, W), `dy` (B, O[, D], H, W).
 pub(crate) fn weight_grad<T: Float>(x: &[T], dy: &[T], g: Geom) -> Vec<T> {
     weight_grad_with(x, dy, g.weight_grad_plan())
 }
 
 fn weight_grad_with<T: Float>(x: &[T], dy: &[T], g: Plan) -> Vec<T> {
-    let hw = g.hw();
-    assert_eq!(x.len(), g.b * g.ci * hw, "conv2d: input length");
-    assert_eq!(dy.len(), g.b * g.co * hw, "conv2d: output-gradient length");
-    let size = g.co * g.ci * g.k * g.k;
-    if hw == 0 || size == 0 {
+    let dhw = g.dhw();
+    assert_eq!(x.len(), g.b * g.ci * dhw, "conv: input length");
+    assert_eq!(dy.len(), g.b * g.co * dhw, "conv: output-gradient length");
+    let size = g.w_len();
+    if dhw == 0 || size == 0 {
         return vec![T::zero(); size];
     }
     let (np, depth) = g.passes();
@@ -353,14 +456,14 @@ fn weight_grad_with<T: Float>(x: &[T], dy: &[T], g: Plan) -> Vec<T> {
         g.n_jobs(),
         || vec![T::zero(); np * depth * g.co],
         |acc: &mut Vec<T>, j| {
-            let (bi, r0, nr) = g.job(j);
-            let dyt = dy[bi * g.co * hw + r0 * g.w..].as_ptr();
-            g.with_patches(x, (bi, r0, nr), |lhs, lhs_cs, offsets| {
+            let (p, r0, nr) = g.job(j);
+            let dyt = dy[g.slice_offset(p, g.co) + r0 * g.w..].as_ptr();
+            g.with_patches(x, (p, r0, nr), |lhs, lhs_cs, offsets| {
                 for (t, &off) in offsets.iter().enumerate().take(np) {
                     // dWp_tᵀ (O × depth) += dY_tile (O × n) · P_tᵀ (n × depth): O is gemm's row
                     // axis, so gemm repacks only the thin dY tile.
-                    // SAFETY: the views stay inside image bi's dy rows, the patch buffer (or
-                    // xb) and this split's own accumulator.
+                    // SAFETY: the views stay inside slice p's dy rows, the patch buffer (or
+                    // x) and this split's own accumulator.
                     unsafe {
                         gemm(
                             (g.co, depth, nr * g.w),
@@ -368,7 +471,7 @@ fn weight_grad_with<T: Float>(x: &[T], dy: &[T], g: Plan) -> Vec<T> {
                             (1, g.co),
                             true,
                             dyt,
-                            (hw, 1),
+                            (dhw, 1),
                             lhs.add(off),
                             (1, lhs_cs),
                         )
@@ -399,7 +502,7 @@ pub(crate) fn sum_parts<T: Float>(parts: Vec<Vec<T>>, size: usize) -> Vec<T> {
     total
 }
 
-impl Conv2d {
+impl Conv {
     fn grads<T: Float>(
         &self,
         x: &Tensor,
@@ -407,17 +510,18 @@ impl Conv2d {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = Geom::new(x.shape(), w.shape())?;
+        let op = g.name();
         let dx = if self.need_x {
-            let v = with_data::<T, _>(w, "conv2d", |w| {
-                with_data::<T, _>(dy, "conv2d", |dy| Ok(input_grad(dy, w, g)))
+            let v = with_data::<T, _>(w, op, |w| {
+                with_data::<T, _>(dy, op, |dy| Ok(input_grad(dy, w, g)))
             })?;
             Some(tensor(v, x.dims())?)
         } else {
             None
         };
         let dw = if self.need_w {
-            let v = with_data::<T, _>(x, "conv2d", |x| {
-                with_data::<T, _>(dy, "conv2d", |dy| Ok(weight_grad(x, dy, g)))
+            let v = with_data::<T, _>(x, op, |x| {
+                with_data::<T, _>(dy, op, |dy| Ok(weight_grad(x, dy, g)))
             })?;
             Some(tensor(v, w.dims())?)
         } else {
@@ -427,7 +531,7 @@ impl Conv2d {
     }
 }
 
-impl CustomOp2 for Conv2d {
+impl CustomOp2 for Conv {
     fn name(&self) -> &'static str {
         "ranksweep-conv2d"
     }
@@ -440,24 +544,21 @@ impl CustomOp2 for Conv2d {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1.shape(), l2.shape())?;
+        let op = g.name();
         let y = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(forward(
-                slice(s1, l1, "conv2d")?,
-                slice(s2, l2, "conv2d")?,
-                g,
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(forward(
-                slice(s1, l1, "conv2d")?,
-                slice(s2, l2, "conv2d")?,
-                g,
-            )),
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(forward(slice(s1, l1, op)?, slice(s2, l2, op)?, g))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(forward(slice(s1, l1, op)?, slice(s2, l2, op)?, g))
+            }
             _ => candle_core::bail!(
-                "conv2d: expected an f32 or f64 input and kernel of one dtype, got {:?} and {:?}",
+                "{op}: expected an f32 or f64 input and kernel of one dtype, got {:?} and {:?}",
                 s1.dtype(),
                 s2.dtype()
             ),
         };
-        Ok((y, Shape::from((g.b, g.co, g.h, g.w))))
+        Ok((y, g.out_shape()))
     }
 
     fn bwd(
@@ -471,7 +572,7 @@ impl CustomOp2 for Conv2d {
         match x.dtype() {
             DType::F32 => self.grads::<f32>(x, w, &dy),
             DType::F64 => self.grads::<f64>(x, w, &dy),
-            dt => candle_core::bail!("conv2d: expected f32 or f64, got {dt:?}"),
+            dt => candle_core::bail!("conv: expected f32 or f64, got {dt:?}"),
         }
     }
 }
@@ -486,7 +587,7 @@ mod tests {
     fn op(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         x.apply_op2(
             w,
-            Conv2d {
+            Conv {
                 need_x: x.track_op(),
                 need_w: w.track_op(),
             },
@@ -501,7 +602,8 @@ mod tests {
         for (top, n_rows, n_kh) in [(0isize, 3usize, 3usize), (0, 5, 1), (-1, 2, 3)] {
             let stride = padded_stride(n_rows * w);
             let mut col = vec![f64::NAN; ci * n_kh * 3 * stride];
-            shifted_rows(&x, (ci, h, w), top, n_rows, n_kh, stride, &mut col);
+            let plane = |c: usize| Some(&x[c * h * w..][..h * w]);
+            shifted_rows(plane, (ci, h, w), top, n_rows, n_kh, stride, &mut col);
             for c in 0..ci {
                 for kh in 0..n_kh {
                     for kw in 0..3 {
@@ -537,9 +639,12 @@ mod tests {
                 b: 2,
                 ci,
                 co: 5,
+                d: 1,
                 h: 9,
                 w: 600,
                 k,
+                kd: 1,
+                vol: false,
             };
             let plan = g.plan(rows_min_ci);
             assert_eq!(plan.mode, mode);
@@ -603,13 +708,13 @@ mod tests {
         let w = uniform(&[2, 2, 3, 3], -1.0, 1.0, 6, DType::F32);
         let dy = uniform(&[1, 2, 3, 3], -1.0, 1.0, 7, DType::F32);
         let y = op(&x, &w)?;
-        let (dx, dw) = Conv2d {
+        let (dx, dw) = Conv {
             need_x: false,
             need_w: true,
         }
         .bwd(&x, &w, &y, &dy)?;
         assert!(dx.is_none() && dw.is_some());
-        let (dx, dw) = Conv2d {
+        let (dx, dw) = Conv {
             need_x: true,
             need_w: false,
         }
@@ -651,5 +756,106 @@ mod tests {
         let w = Tensor::zeros((2, 3, 5, 5), DType::F32, &candle_core::Device::Cpu).unwrap();
         let err = op(&x, &w).unwrap_err().to_string();
         assert!(err.contains("5×5"), "{err}");
+    }
+
+    #[test]
+    fn conv3d_gradients_match_finite_differences_3x3x3_and_1x1x1() -> Result<()> {
+        for (ci, co, k) in [(3, 5, 3), (5, 3, 1), (1, 2, 3)] {
+            let x = uniform(&[2, ci, 3, 4, 3], -1.0, 1.0, 101, DType::F64);
+            let w = uniform(&[co, ci, k, k, k], -1.0, 1.0, 102, DType::F64);
+            check(&[(x, true), (w, true)], |a| op(&a[0], &a[1]))?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn conv3d_frozen_kernel_or_frozen_input_still_gives_the_other_gradient() -> Result<()> {
+        let x = uniform(&[2, 3, 3, 2, 4], -1.0, 1.0, 103, DType::F64);
+        let w = uniform(&[5, 3, 3, 3, 3], -1.0, 1.0, 104, DType::F64);
+        check(&[(x.clone(), true), (w.clone(), false)], |a| {
+            op(&a[0], &a[1])
+        })?;
+        check(&[(x, false), (w, true)], |a| op(&a[0], &a[1]))?;
+        Ok(())
+    }
+
+    /// Every patch mode in 3D, with several tiles and depth slices, against the reference.
+    #[test]
+    fn conv3d_every_patch_mode_matches_the_reference_in_f64() -> Result<()> {
+        for (ci, k, rows_min_ci, mode) in [
+            (3, 3, usize::MAX, Mode::Full),
+            (3, 3, 0, Mode::Rows),
+            (4, 1, 0, Mode::Direct),
+        ] {
+            let (d, h, w) = (3, 9, 300);
+            let g = Geom {
+                b: 2,
+                ci,
+                co: 5,
+                d,
+                h,
+                w,
+                k,
+                kd: k,
+                vol: true,
+            };
+            let plan = g.plan(rows_min_ci);
+            assert_eq!(plan.mode, mode);
+            let x = uniform(&[2, ci, d, h, w], -1.0, 1.0, 105, DType::F64);
+            let wt = Var::from_tensor(&uniform(&[5, ci, k, k, k], -1.0, 1.0, 106, DType::F64))?;
+            let dy = uniform(&[2, 5, d, h, w], -1.0, 1.0, 107, DType::F64);
+            let y_ref = reference::conv3d(&x, &wt)?;
+            let dw_ref = (&y_ref * &dy)?
+                .sum_all()?
+                .backward()?
+                .get(&wt)
+                .unwrap()
+                .clone();
+            let xs = x.flatten_all()?.to_vec1::<f64>()?;
+            let ws = wt.flatten_all()?.to_vec1::<f64>()?;
+            let dys = dy.flatten_all()?.to_vec1::<f64>()?;
+            let dev = &candle_core::Device::Cpu;
+            let y = Tensor::from_vec(forward_with(&xs, &ws, plan), y_ref.dims(), dev)?;
+            let dw = Tensor::from_vec(weight_grad_with(&xs, &dys, plan), wt.dims(), dev)?;
+            assert_close(&y, &y_ref, 1e-12, &format!("3D {mode:?} forward"));
+            assert_close(&dw, &dw_ref, 1e-12, &format!("3D {mode:?} dw"));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn conv3d_matches_reference_forward_and_gradients_in_f32() -> Result<()> {
+        // Odd channels, batch 2; 70 channels take the Rows plan, 5 the Full plan, 1×1×1 Direct.
+        for (b, ci, co, d, h, w, k) in [
+            (2, 5, 3, 4, 6, 10, 3),
+            (2, 70, 3, 2, 5, 8, 3),
+            (1, 1, 4, 6, 8, 8, 3),
+            (2, 7, 3, 3, 4, 5, 1),
+        ] {
+            let x = Var::from_tensor(&uniform(&[b, ci, d, h, w], -1.0, 1.0, 108, DType::F32))?;
+            let wt = Var::from_tensor(&uniform(&[co, ci, k, k, k], -0.3, 0.3, 109, DType::F32))?;
+            let probe = uniform(&[b, co, d, h, w], -1.0, 1.0, 110, DType::F32);
+            let own = ops::conv3d(x.as_tensor(), wt.as_tensor())?;
+            let refr = reference::conv3d(x.as_tensor(), wt.as_tensor())?;
+            assert_matches_reference(&own, &refr, &probe, &[("dx", &x), ("dw", &wt)], 1e-5)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn conv3d_rejects_mismatched_channels_and_kernel_sizes() {
+        let dev = &candle_core::Device::Cpu;
+        let x = Tensor::zeros((1, 3, 4, 4, 4), DType::F32, dev).unwrap();
+        let w = Tensor::zeros((2, 4, 3, 3, 3), DType::F32, dev).unwrap();
+        let err = op(&x, &w).unwrap_err().to_string();
+        assert!(
+            err.contains("conv3d") && err.contains("3 channels"),
+            "{err}"
+        );
+        let w = Tensor::zeros((2, 3, 1, 3, 3), DType::F32, dev).unwrap();
+        let err = op(&x, &w).unwrap_err().to_string();
+        assert!(err.contains("1×3×3"), "{err}");
+        let w = Tensor::zeros((2, 3, 3, 3), DType::F32, dev).unwrap();
+        assert!(ops::conv3d(&x, &w).is_err());
     }
 }

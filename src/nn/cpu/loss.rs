@@ -266,4 +266,26 @@ mod tests {
         assert!(err.contains("differ in shape"), "{err}");
         Ok(())
     }
+
+    /// The loss over 5D (B, 1, D, H, W) logits: finite differences and the reference.
+    #[test]
+    fn loss_over_5d_matches_finite_differences_and_reference() -> Result<()> {
+        let x = uniform(&[2, 1, 3, 2, 4], -4.0, 4.0, 161, DType::F64);
+        let t = target(&[2, 1, 3, 2, 4], 162, DType::F64);
+        check(&[(x, true)], |a| ops::bce_dice_loss(&a[0], &t))?;
+        let dims = [2, 1, 8, 12, 10];
+        let x = Var::from_tensor(&uniform(&dims, -6.0, 6.0, 163, DType::F32))?;
+        let t = target(&dims, 164, DType::F32);
+        let lo = ops::bce_dice_loss(&x, &t)?;
+        let lr = (reference::bce_with_logits(&x, &t)? + reference::soft_dice_loss(&x, &t, 1.0)?)?;
+        assert_close(&lo, &lr, 1e-5, "5D loss");
+        let (go, gr) = (lo.backward()?, lr.backward()?);
+        assert_close(
+            go.get(&x).unwrap(),
+            gr.get(&x).unwrap(),
+            1e-5,
+            "5D loss gradient",
+        );
+        Ok(())
+    }
 }

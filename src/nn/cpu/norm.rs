@@ -39,9 +39,13 @@ impl GroupNorm {
         }
     }
 
-    /// Validates (B, C, H, W), (C), (C); returns (B, C, H·W).
+    /// Validates (B, C, H, W) or (B, C, D, H, W), (C), (C); returns (B, C, spatial size).
     fn dims(&self, x: &Shape, gamma: &Shape, beta: &Shape) -> Result<(usize, usize, usize)> {
-        let (b, c, h, w) = x.dims4()?;
+        if !matches!(x.rank(), 4 | 5) {
+            candle_core::bail!("group_norm: expected a 4D or 5D input, got {x:?}")
+        }
+        let (b, c) = (x.dims()[0], x.dims()[1]);
+        let spatial: usize = x.dims()[2..].iter().product();
         if self.groups == 0 || c % self.groups != 0 {
             candle_core::bail!(
                 "group_norm: {c} channels do not split into {} groups",
@@ -53,7 +57,7 @@ impl GroupNorm {
                 candle_core::bail!("group_norm: expected {name} of shape ({c}), got {s:?}")
             }
         }
-        Ok((b, c, h * w))
+        Ok((b, c, spatial))
     }
 }
 
@@ -393,5 +397,34 @@ mod tests {
         let g5 = Tensor::ones(5, DType::F32, dev).unwrap();
         let err = op(&x, &g5, &g, 3).unwrap_err().to_string();
         assert!(err.contains("gamma"), "{err}");
+    }
+
+    #[test]
+    fn gradients_3d_match_finite_differences_and_reference() -> Result<()> {
+        for (c, groups) in [(3, 3), (6, 2), (5, 1)] {
+            let x = uniform(&[2, c, 2, 3, 2], -2.0, 2.0, 111, DType::F64);
+            let g = uniform(&[c], 0.5, 1.5, 112, DType::F64);
+            let b = uniform(&[c], -0.5, 0.5, 113, DType::F64);
+            check(
+                &[(x.clone(), true), (g.clone(), true), (b.clone(), true)],
+                |a| op(&a[0], &a[1], &a[2], groups),
+            )?;
+            check(
+                &[(x.clone(), true), (g.clone(), false), (b.clone(), false)],
+                |a| op(&a[0], &a[1], &a[2], groups),
+            )?;
+            check(&[(x, false), (g, true), (b, true)], |a| {
+                op(&a[0], &a[1], &a[2], groups)
+            })?;
+        }
+        let (b, c, groups) = (2, 16, 8);
+        let x = Var::from_tensor(&(uniform(&[b, c, 4, 5, 6], -2.0, 3.0, 114, DType::F32) * 4.0)?)?;
+        let g = Var::from_tensor(&uniform(&[c], 0.5, 1.5, 115, DType::F32))?;
+        let be = Var::from_tensor(&uniform(&[c], -0.5, 0.5, 116, DType::F32))?;
+        let probe = uniform(&[b, c, 4, 5, 6], -1.0, 1.0, 117, DType::F32);
+        let own = ops::group_norm(&x, groups, &g, &be, 1e-5)?;
+        let refr = reference::group_norm(&x, groups, &g, &be, 1e-5)?;
+        let vars = [("dx", &x), ("dgamma", &g), ("dbeta", &be)];
+        assert_matches_reference(&own, &refr, &probe, &vars, 1e-5)
     }
 }
