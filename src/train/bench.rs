@@ -262,6 +262,7 @@ mod tests {
             steps: 1,
             warmup: 0,
             device: DeviceSpec::Cpu,
+            precision: Precision::F32,
         };
         let r = run(&b).unwrap();
         assert!(r.median_step_s > 0.0 && r.final_loss.is_finite());
