@@ -37,7 +37,9 @@ fn a_gpu_job_on_a_cpu_build_exits_2_naming_the_cuda_build() {
     let j = job.to_str().unwrap();
     let hand_set = tmp.path().join("hand.yaml");
     std::fs::write(&hand_set, format!("{JOB}device: cuda:0\n")).unwrap();
-    let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
+    // (worker arguments, environment, what the case shows)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
         (&[j, "--device", "cuda:0"], &[], "from --device"),
         (
             &[j],

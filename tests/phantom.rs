@@ -130,7 +130,7 @@ fn synth_bad_values_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     let base = ["synth", "--cohort", "tbi", "--seed", "1", "--out", "x"];
     let cases: [(&[&str], &str); 6] = [
-        (&["--cases", "0"], "`cases`"),
+        (&["--cases", "0"], "--cases"),
         (&["--cases", "2", "--spacing", "3.4,0,6"], "`spacing`"),
         (&["--cases", "2", "--spacing", "3.4,-3.4,6"], "`spacing`"),
         (&["--cases", "2", "--shape", "8,8,2"], "`shape`"),

@@ -78,6 +78,9 @@ pub(crate) fn log_paths(dir: &Path, attempt: u32) -> (PathBuf, PathBuf) {
 }
 
 /// Runs one attempt to its end. Never fails: anything that goes wrong is the attempt's class.
+// Each argument is one independent input of the attempt's task (its job, slot, worker, limits,
+// GPU sampler, cancel and event channels); a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_attempt(
     job: &ExecJob,
     attempt: u32,
