@@ -89,28 +89,7 @@ fn a_gpu_job_on_a_cpu_build_exits_2_naming_the_cuda_build() {
 
 /// Two tiny phantom cohorts and a 1 + 3-job sweep on them (one pre-training, `none` × 3 folds).
 fn sweep(root: &Path) -> PathBuf {
-    for (cohort, seed) in [("tbi", "0"), ("sah", "1")] {
-        let out = root.join("data").join(cohort);
-        let o = util::ranksweep(
-            root,
-            &[
-                "synth",
-                "--cohort",
-                cohort,
-                "--cases",
-                "6",
-                "--seed",
-                seed,
-                "--out",
-                out.to_str().unwrap(),
-                "--shape",
-                "32,32,8",
-                "--spacing",
-                "6,6,6",
-            ],
-        );
-        assert!(o.status.success(), "synth: {}", util::stderr(&o));
-    }
+    util::tiny_cohorts(root);
     let spec = root.join("g.yaml");
     std::fs::write(
         &spec,

@@ -21,32 +21,6 @@ use crate::util;
 /// Spaces, quotes, `$` and `%` in the folder that holds the spec, data, results and database.
 const NASTY: &str = "sub 'q' $x 50%";
 
-/// Writes two tiny phantom cohorts (6 cases each, 32×32×8) under `root/data`.
-fn cohorts(root: &Path) {
-    for (cohort, seed) in [("tbi", "0"), ("sah", "1")] {
-        let out = root.join("data").join(cohort);
-        let o = util::ranksweep(
-            root,
-            &[
-                "synth",
-                "--cohort",
-                cohort,
-                "--cases",
-                "6",
-                "--seed",
-                seed,
-                "--out",
-                out.to_str().unwrap(),
-                "--shape",
-                "32,32,8",
-                "--spacing",
-                "6,6,6",
-            ],
-        );
-        assert!(o.status.success(), "synth: {}", util::stderr(&o));
-    }
-}
-
 /// A sweep of 1 pre-training and 6 fine-tuning jobs (2 cells × 3 folds) on the tiny model.
 fn spec(root: &Path, name: &str, pretrain_steps: u64) -> PathBuf {
     let text = format!(
@@ -176,7 +150,7 @@ fn submit_runs_a_phantom_sweep_as_arrays_and_the_ingest_job_stores_and_reports_i
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join(NASTY);
     std::fs::create_dir_all(&root).unwrap();
-    cohorts(&root);
+    util::tiny_cohorts(&root);
     let spec = spec(&root, "tiny.sweep_1", 10);
 
     let o = submit(&root, &spec);
@@ -284,7 +258,7 @@ fn a_task_killed_by_scancel_shows_as_cancelled_in_status_and_is_sent_again() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("cancel");
     std::fs::create_dir_all(&root).unwrap();
-    cohorts(&root);
+    util::tiny_cohorts(&root);
     // Pre-training long enough to be running when cancelled.
     let spec = spec(&root, "cancelled", 1_000_000);
     let o = submit(&root, &spec);
@@ -362,7 +336,7 @@ fn a_task_killed_by_scancel_shows_as_cancelled_in_status_and_is_sent_again() {
 fn usr1_interrupts_a_worker_without_a_result_and_its_rerun_completes() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    cohorts(root);
+    util::tiny_cohorts(root);
     let out = root.join("out");
     let job = root.join("job.yaml");
     std::fs::write(
@@ -415,7 +389,7 @@ fn dry_run_writes_job_files_scripts_and_manifest_and_submits_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join(NASTY);
     std::fs::create_dir_all(&root).unwrap();
-    cohorts(&root);
+    util::tiny_cohorts(&root);
     let spec = spec(&root, "dry", 10);
     let o = util::ranksweep(
         &root,
@@ -487,7 +461,7 @@ fn a_gres_gpu_task_is_told_it_runs_a_gpu_job_and_this_cpu_build_refuses_it() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join(NASTY);
     std::fs::create_dir_all(&root).unwrap();
-    cohorts(&root);
+    util::tiny_cohorts(&root);
     let spec = spec(&root, "gpu", 10);
     let o = util::ranksweep(
         &root,

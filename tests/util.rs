@@ -21,3 +21,29 @@ pub fn stdout(out: &Output) -> String {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Writes two tiny phantom cohorts (6 cases each, 32×32×8) under `root/data`.
+pub fn tiny_cohorts(root: &Path) {
+    for (cohort, seed) in [("tbi", "0"), ("sah", "1")] {
+        let out = root.join("data").join(cohort);
+        let o = ranksweep(
+            root,
+            &[
+                "synth",
+                "--cohort",
+                cohort,
+                "--cases",
+                "6",
+                "--seed",
+                seed,
+                "--out",
+                out.to_str().unwrap(),
+                "--shape",
+                "32,32,8",
+                "--spacing",
+                "6,6,6",
+            ],
+        );
+        assert!(o.status.success(), "synth: {}", stderr(&o));
+    }
+}
