@@ -601,3 +601,85 @@ fn a_job_done_in_another_sweep_is_reused_not_rerun() {
             .all(|j| j.status == JobStatus::Done)
     );
 }
+
+#[test]
+fn a_foreign_or_non_sqlite_database_is_refused_in_one_line_and_left_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Another program's database: one table of its own, and one that happens to share our name.
+    for (file, tables) in [
+        (
+            "other.db",
+            "CREATE TABLE customers (id INTEGER, name TEXT);",
+        ),
+        (
+            "clash.db",
+            "CREATE TABLE customers (id INTEGER); CREATE TABLE sweeps (x);",
+        ),
+    ] {
+        let path = dir.join(file);
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(tables)
+            .unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let out = util::ranksweep(dir, &["status", "--db", file, "any"]);
+        let err = util::stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "one line, not a schema dump: {err}"
+        );
+        assert!(
+            err.contains(file) && err.contains("another program"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before, "{file} was modified");
+        assert!(!dir.join(format!("{file}-wal")).exists());
+    }
+    std::fs::write(
+        dir.join("junk.db"),
+        "not a database, just text\n".repeat(100),
+    )
+    .unwrap();
+    let out = util::ranksweep(dir, &["status", "--db", "junk.db", "any"]);
+    let err = util::stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("junk.db: not an SQLite file"), "{err}");
+}
+
+#[test]
+fn warnings_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // A NIfTI-1 file whose scl_slope (bytes 112..116) is 0: the reader warns and reads unscaled.
+    let cfg = PhantomConfig::new(Cohort::Sah, 1, 3);
+    write_cohort(&cfg, &dir.join("sah")).unwrap();
+    let image = std::fs::read_dir(dir.join("sah/imagesTr"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(std::fs::File::open(&image).unwrap()),
+        &mut bytes,
+    )
+    .unwrap();
+    bytes[112..116].copy_from_slice(&0f32.to_le_bytes());
+    std::fs::write(dir.join("slope0.nii"), &bytes).unwrap();
+    let out = util::ranksweep(dir, &["inspect", "slope0.nii"]);
+    let err = util::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("WARN") && err.contains("scl_slope is 0"),
+        "{err}"
+    );
+    assert!(
+        !err.contains('\u{1b}'),
+        "ANSI escape in piped stderr: {err:?}"
+    );
+}

@@ -133,10 +133,12 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RANKSWEEP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     use std::io::IsTerminal;
-    // Colour codes only for a terminal: logs, pipes and CI files get plain text.
+    // Colour codes only for a terminal: logs, pipes and CI files get plain text; NO_COLOR
+    // (no-color.org: any non-empty value) turns them off on a terminal too.
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -40,6 +40,13 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("{}: not an SQLite file; expected a ranksweep results database (pass another --db or --results)", path.display())]
+    NotDatabase { path: PathBuf },
+    #[error(
+        "{}: an SQLite database of another program ({tables} tables, none of them ranksweep's); left untouched, pass another --db or --results",
+        path.display()
+    )]
+    Foreign { path: PathBuf, tables: i64 },
     #[error(
         "{}: database schema version {found} is newer than this ranksweep supports ({supported}); use a newer ranksweep or another results folder",
         path.display()
@@ -76,6 +83,36 @@ pub enum StoreError {
         column: &'static str,
         value: String,
     },
+}
+
+/// Refuses a file that is not SQLite, or an SQLite database that ranksweep did not create: an
+/// unversioned file (`user_version` 0) that already holds tables. Reads only.
+fn check_ours(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let read = || -> rusqlite::Result<(i64, i64)> {
+        let version = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let tables = conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok((version, tables))
+    };
+    match read() {
+        Ok((0, tables)) if tables > 0 => Err(StoreError::Foreign {
+            path: path.to_path_buf(),
+            tables,
+        }),
+        Ok(_) => Ok(()),
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) => {
+            Err(StoreError::NotDatabase {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(source) => Err(StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// A sweep's row id.
@@ -345,6 +382,8 @@ impl Store {
         };
         let conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // Before the first write (WAL, migrations): never touch another program's file.
+        check_ours(&conn, path)?;
         // WAL: readers never block the writer. Returns the mode actually set.
         let _mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
